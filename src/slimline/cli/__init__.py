@@ -1,0 +1,63 @@
+"""The ``slimline`` command: a thin Typer app over the library.
+
+Each ``slimline/cli/<area>.py`` module defines ``register(app)`` and adds its own commands, so
+areas never edit one shared file. Errors derived from ``SlimlineError`` become one-line messages
+with the fix and the error's exit code; no traceback unless ``SLIMLINE_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pkgutil
+import sys
+
+import typer
+
+from slimline.errors import SlimlineError
+
+app = typer.Typer(
+    name="slimline",
+    help="Compress and distill transformer models, and prove what it cost and bought.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _register_all() -> None:
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        mod = importlib.import_module(f"{__name__}.{info.name}")
+        register = getattr(mod, "register", None)
+        if register is not None:
+            register(app)
+
+
+_register_all()
+
+
+def fail(err: SlimlineError) -> None:
+    """Print a ``SlimlineError`` as the CLI shows it and exit with its code."""
+    msg = f"error: {err.problem}"
+    if err.fix:
+        msg += f"\n  fix: {err.fix}"
+    typer.echo(msg, err=True)
+    raise SystemExit(err.exit_code)
+
+
+def main() -> None:
+    try:
+        app()
+    except SlimlineError as err:
+        if os.environ.get("SLIMLINE_DEBUG") == "1":
+            raise
+        fail(err)
+    except KeyboardInterrupt:
+        typer.echo("interrupted: nothing half-written was kept", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
