@@ -52,14 +52,18 @@ class Technique:
 _TECHNIQUES: dict[str, Technique] = {}
 
 
-def register_technique(config: type[TechniqueConfig], summary: str = "") -> Callable[[ApplyFn], ApplyFn]:
+def register_technique(
+    config: type[TechniqueConfig], summary: str = ""
+) -> Callable[[ApplyFn], ApplyFn]:
     """Decorator: ``@register_technique(Gptq)`` on the apply function registers it under ``Gptq.kind``."""
 
     def wrap(fn: ApplyFn) -> ApplyFn:
         kind = config.kind
         if not kind:
             raise ValueError(f"{config.__name__} has no `kind`")
-        _TECHNIQUES[kind] = Technique(kind, config, fn, summary or (fn.__doc__ or "").strip().split("\n")[0])
+        _TECHNIQUES[kind] = Technique(
+            kind, config, fn, summary or (fn.__doc__ or "").strip().split("\n")[0]
+        )
         return fn
 
     return wrap
@@ -100,8 +104,12 @@ def make_config(kind: str, params: dict[str, Any] | None) -> TechniqueConfig:
     try:
         return tech.config(**(params or {}))
     except ValidationError as e:
-        details = "; ".join(f"{'.'.join(map(str, err['loc'])) or kind}: {err['msg']}" for err in e.errors())
-        raise ConfigError(f"invalid parameters for {kind}: {details}", "see `slimline techniques` for the fields") from e
+        details = "; ".join(
+            f"{'.'.join(map(str, err['loc'])) or kind}: {err['msg']}" for err in e.errors()
+        )
+        raise ConfigError(
+            f"invalid parameters for {kind}: {details}", "see `slimline techniques` for the fields"
+        ) from e
 
 
 @dataclass
@@ -120,7 +128,9 @@ class Context:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def apply_technique(model: nn.Module, config: TechniqueConfig, ctx: Context | None = None) -> dict[str, Any]:
+def apply_technique(
+    model: nn.Module, config: TechniqueConfig, ctx: Context | None = None
+) -> dict[str, Any]:
     """Run one technique on ``model`` in place and return its record."""
     tech = get_technique(config.kind)
     record = tech.apply(model, config, ctx or Context())
@@ -179,13 +189,22 @@ def select_modules(
         ignored_weights = {
             id(getattr(m, "weight", None))
             for n, m in model.named_modules()
-            if n and any(_matches(p, n, m) for p in ignore) and getattr(m, "weight", None) is not None
+            if n
+            and any(_matches(p, n, m) for p in ignore)
+            and getattr(m, "weight", None) is not None
         }
-        out = {n: m for n, m in out.items() if id(getattr(m, "weight", None)) not in ignored_weights or getattr(m, "weight", None) is None}
+        out = {
+            n: m
+            for n, m in out.items()
+            if id(getattr(m, "weight", None)) not in ignored_weights
+            or getattr(m, "weight", None) is None
+        }
     return out
 
 
-def require_selection(selected: dict[str, nn.Module], targets: Iterable[str] | None, what: str) -> None:
+def require_selection(
+    selected: dict[str, nn.Module], targets: Iterable[str] | None, what: str
+) -> None:
     if not selected:
         raise ConfigError(
             f"the layer patterns {list(targets or [])} match no module to {what}",
@@ -227,7 +246,9 @@ def register_codec(cls: type[Codec]) -> type[Codec]:
 def get_codec(name: str) -> type[Codec]:
     _load_builtin_techniques()
     if name not in _CODECS:
-        raise ConfigError(f"unknown module codec {name!r} in artifact", f"known: {', '.join(sorted(_CODECS))}")
+        raise ConfigError(
+            f"unknown module codec {name!r} in artifact", f"known: {', '.join(sorted(_CODECS))}"
+        )
     return _CODECS[name]
 
 

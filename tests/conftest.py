@@ -1,0 +1,61 @@
+"""Shared fixtures: tiny random models of each family, the truncated and full real models, data."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("SLIMLINE_QUIET", "1")
+torch.set_num_threads(1)
+
+FAMILIES = ("llama", "mistral", "qwen2", "gpt2", "opt", "bert")
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The full real SmolLM2-135M-Instruct (fp32, converted once into the cache)."""
+    from slimline.models import load_model
+
+    return load_model("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def smollm2_2blocks(smollm2):
+    """The first 2 blocks of real SmolLM2: real weights, fast."""
+    from slimline.models import truncate
+
+    return truncate(smollm2, 2)
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    from slimline.models import load_model
+
+    return load_model("minilm-l6")
+
+
+@pytest.fixture
+def tiny_llama():
+    from slimline.models import tiny_model
+
+    return tiny_model("llama")
+
+
+@pytest.fixture(params=FAMILIES)
+def tiny_any(request):
+    from slimline.models import tiny_model
+
+    return tiny_model(request.param)
+
+
+@pytest.fixture(scope="session")
+def calib_small(smollm2):
+    """8 calibration windows of 64 tokens from python-docs (SmolLM2 tokenizer)."""
+    from slimline.data import calibration_blocks
+
+    return calibration_blocks(smollm2.tokenizer, "python-docs", n=8, seq_len=64, seed=0)
