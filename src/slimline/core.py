@@ -69,16 +69,29 @@ def register_technique(
     return wrap
 
 
-def _load_builtin_techniques() -> None:
-    # Importing the technique packages registers their techniques; missing ones are simply absent.
+_PACKAGES = ("slimline.quant", "slimline.prune", "slimline.distill", "slimline.lowrank")
+
+
+def _import_package(mod: str) -> None:
     import importlib
 
-    for mod in ("slimline.quant", "slimline.prune", "slimline.distill", "slimline.lowrank"):
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:  # a package not written yet
-            if e.name != mod:
-                raise
+    try:
+        importlib.import_module(mod)
+    except ModuleNotFoundError as e:  # an area that is not installed / written
+        if e.name != mod:
+            raise
+
+
+def _load_builtin_techniques(kind: str | None = None) -> None:
+    """Importing a technique package registers its techniques. With ``kind``, only the package
+    its prefix names (``quant.gptq`` -> ``slimline.quant``) is imported."""
+    if kind is not None:
+        pkg = f"slimline.{kind.split('.', 1)[0]}"
+        if pkg in _PACKAGES:
+            _import_package(pkg)
+            return
+    for mod in _PACKAGES:
+        _import_package(mod)
 
 
 def techniques() -> dict[str, Technique]:
@@ -87,6 +100,10 @@ def techniques() -> dict[str, Technique]:
 
 
 def get_technique(kind: str) -> Technique:
+    if kind not in _TECHNIQUES:
+        _load_builtin_techniques(kind)
+    if kind in _TECHNIQUES:
+        return _TECHNIQUES[kind]
     table = techniques()
     if kind not in table:
         raise ConfigError(
@@ -244,7 +261,10 @@ def register_codec(cls: type[Codec]) -> type[Codec]:
 
 
 def get_codec(name: str) -> type[Codec]:
-    _load_builtin_techniques()
+    if name not in _CODECS:
+        _load_builtin_techniques(name)
+    if name not in _CODECS:
+        _load_builtin_techniques()
     if name not in _CODECS:
         raise ConfigError(
             f"unknown module codec {name!r} in artifact", f"known: {', '.join(sorted(_CODECS))}"

@@ -1,0 +1,44 @@
+"""Metric names and directions, one place for every consumer (reports, gates, search, targets).
+
+Names follow DESIGN.md: ``ppl/<dataset>``, ``kl/teacher``, ``agree/top1``, ``ece``,
+``acc/<task>``, ``size/bytes``, ``latency/prefill_ms``, ``latency/decode_tok_s``, ``memory/peak_mb``.
+"""
+
+from __future__ import annotations
+
+from slimline.errors import ConfigError
+
+LOWER_IS_BETTER = (
+    "ppl/",
+    "bpb/",
+    "kl/",
+    "ece",
+    "size/",
+    "memory/",
+    "flops/",
+    "latency/prefill",
+    "params/",
+    "energy/",
+    "time/",
+)
+HIGHER_IS_BETTER = (
+    "acc/",
+    "agree/",
+    "cos/",
+    "recall@",
+    "passkey/",
+    "latency/decode",
+    "throughput/",
+)
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether a larger value of ``metric`` is an improvement."""
+    if metric.startswith(HIGHER_IS_BETTER):
+        return True
+    if metric.startswith(LOWER_IS_BETTER):
+        return False
+    raise ConfigError(
+        f"unknown metric {metric!r}: cannot tell whether higher or lower is better",
+        f"use a metric named like {', '.join(p.rstrip('/') for p in LOWER_IS_BETTER + HIGHER_IS_BETTER)}",
+    )
