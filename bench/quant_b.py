@@ -1,0 +1,158 @@
+"""Quant part B on SmolLM2-135M-Instruct (BENCH.md protocol): W8A8 with/without SmoothQuant vs
+fp32 vs torch's own dynamic int8 (``quantize_dynamic``, the peer in PEERS.md), and the KV cache's
+memory at growing context (fp32 vs int8 vs int4) with its effect on next-token predictions.
+
+    python bench/quant_b.py --quick    # 8 eval / 16 calib windows, contexts 256 1024
+    python bench/quant_b.py            # 64 eval / 128 calib windows, contexts 512 1024 2048
+
+Every figure is measured in this one run; prefill times are interleaved (A B A B ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("SLIMLINE_QUIET", "1")
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from slimline.data import calibration_blocks, eval_blocks
+from slimline.eval import hf_perplexity
+from slimline.models import load_model
+from slimline.quant.kvcache import kv_cache_fidelity, kv_cache_memory
+from slimline.quant.smoothquant import W8A8, quantize_w8a8
+
+console = Console()
+
+
+def w8a8_table(lm, calib, evals, repeats: int) -> list[dict]:
+    configs = {
+        "fp32": None,
+        "torch quantize_dynamic int8 (peer)": "peer",
+        "W8A8 dynamic, no smoothing": W8A8(smooth_alpha=None),
+        "W8A8 dynamic + SmoothQuant 0.5": W8A8(smooth_alpha=0.5),
+        "W8A8 dynamic + SmoothQuant 0.8": W8A8(smooth_alpha=0.8),
+        "W8A8 static (mse) + SmoothQuant 0.5": W8A8(act="static", observer="mse", smooth_alpha=0.5),
+    }
+    models, rows = {}, []
+    for name, cfg in configs.items():
+        m = copy.deepcopy(lm.model)
+        t0 = time.perf_counter()
+        if cfg == "peer":
+            m = torch.ao.quantization.quantize_dynamic(m, {torch.nn.Linear}, dtype=torch.qint8)
+        elif cfg is not None:
+            quantize_w8a8(m, calib, cfg)
+        secs = time.perf_counter() - t0
+        ppl = hf_perplexity(m, evals)
+        models[name] = m
+        rows.append({"config": name, "ppl/python-docs": ppl, "compress_s": secs})
+        console.print(f"{name}: ppl {ppl:.3f} ({secs:.1f} s to quantize)")
+    # prefill of one 512-token window, interleaved A B A B
+    times: dict[str, list[float]] = {n: [] for n in models}
+    x = evals[:1]
+    with torch.inference_mode():
+        for m in models.values():
+            m(input_ids=x, use_cache=False, logits_to_keep=1)  # warm-up
+        for _ in range(repeats):
+            for n, m in models.items():
+                t0 = time.perf_counter()
+                m(input_ids=x, use_cache=False, logits_to_keep=1)
+                times[n].append(time.perf_counter() - t0)
+    fp = statistics.median(times["fp32"])
+    for r in rows:
+        t = times[r["config"]]
+        r["prefill_ms"] = 1000 * statistics.median(t)
+        r["prefill_min_max_ms"] = (1000 * min(t), 1000 * max(t))
+        r["prefill_vs_fp32"] = statistics.median(t) / fp
+        r["ppl_ratio"] = r["ppl/python-docs"] / rows[0]["ppl/python-docs"]
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", type=str, default=None)
+    ap.add_argument("--skip-w8a8", action="store_true")
+    ap.add_argument("--skip-kv", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    n_eval, n_calib = (8, 16) if args.quick else (64, 128)
+    contexts = [256, 1024] if args.quick else [512, 1024, 2048]
+    repeats = 3 if args.quick else 5
+    lm = load_model("smollm2-135m")
+    out: dict = {"mode": "quick" if args.quick else "full", "threads": args.threads}
+
+    if not args.skip_w8a8:
+        calib = calibration_blocks(lm.tokenizer, "python-docs", n=n_calib, seq_len=512, seed=0)
+        evals = eval_blocks(lm.tokenizer, "python-docs", seq_len=512, max_blocks=n_eval)
+        rows = w8a8_table(lm, calib, evals, repeats)
+        t = Table(title=f"W8A8 on SmolLM2-135M ({n_eval} eval windows x 512, {n_calib} calib)")
+        for c in ("config", "ppl", "ratio", "prefill ms (median)", "vs fp32", "quantize s"):
+            t.add_column(c)
+        for r in rows:
+            t.add_row(
+                r["config"],
+                f"{r['ppl/python-docs']:.3f}",
+                f"{r['ppl_ratio']:.3f}",
+                f"{r['prefill_ms']:.0f} ({r['prefill_min_max_ms'][0]:.0f}-{r['prefill_min_max_ms'][1]:.0f})",
+                f"{r['prefill_vs_fp32']:.2f}x",
+                f"{r['compress_s']:.1f}",
+            )
+        console.print(t)
+        out["w8a8"] = rows
+
+    if not args.skip_kv:
+        mem = kv_cache_memory(lm.model, contexts)
+        per_tok = {
+            r["bits"]: r["bytes"] / r["context"] for r in mem if r["context"] == contexts[-1]
+        }
+        ids = eval_blocks(lm.tokenizer, "python-docs", seq_len=512, max_blocks=1)
+        n_tok = 96 if args.quick else 160
+        fid = {
+            b: kv_cache_fidelity(lm.model, ids[:, :n_tok], prompt_len=32, bits=b) for b in (8, 4)
+        }
+        t = Table(title="KV cache bytes on SmolLM2-135M (30 blocks, 3 kv-heads x 64), measured")
+        for c in ("context", "fp32 MB", "int8 MB", "int4 MB", "int8 x", "int4 x"):
+            t.add_column(c)
+        by = {(r["context"], r["bits"]): r["bytes"] for r in mem}
+        for n in contexts:
+            t.add_row(
+                str(n),
+                f"{by[n, 32] / 1e6:.2f}",
+                f"{by[n, 8] / 1e6:.2f}",
+                f"{by[n, 4] / 1e6:.2f}",
+                f"{by[n, 32] / by[n, 8]:.2f}",
+                f"{by[n, 32] / by[n, 4]:.2f}",
+            )
+        for n in (4096, 8192):  # bytes are exactly linear in context: per-token x n
+            t.add_row(
+                f"{n} (per-token x n)",
+                *(f"{per_tok[b] * n / 1e6:.2f}" for b in (32, 8, 4)),
+                f"{per_tok[32] / per_tok[8]:.2f}",
+                f"{per_tok[32] / per_tok[4]:.2f}",
+            )
+        console.print(t)
+        for b, f in fid.items():
+            console.print(
+                f"int{b} cache, teacher-forced decode of {n_tok - 33} tokens: "
+                f"top-1 agreement {f['agree/top1']:.3f}, KL {f['kl/teacher']:.2e}"
+            )
+        out["kv_memory"] = mem
+        out["kv_fidelity"] = {str(k): v for k, v in fid.items()}
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(out, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""What RTN, GPTQ and AWQ share: the config fields, layer selection, validation and undo.
+
+Every check that can fail (bits, group size against each layer's width, patterns that match
+nothing, non-finite weights, too little calibration data) runs before the model is touched,
+and ``Undo`` restores the model if anything fails half-way (e.g. NaN activations in block 7).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from pydantic import field_validator
+from torch import nn
+
+from slimline.core import Context, TechniqueConfig, require_selection, select_modules, set_submodule
+from slimline.errors import ConfigError, DataError
+from slimline.models.arch import get_arch
+from slimline.quant.grid import SUPPORTED_BITS, QuantScheme, check_weight, make_scheme
+
+
+class WeightQuantConfig(TechniqueConfig):
+    """Fields every weight quantizer takes. Empty ``targets``: every Linear inside the blocks."""
+
+    bits: int = 4
+    group_size: int | None = 128
+    symmetric: bool = True
+    targets: list[str] = []
+    ignore: list[str] = ["lm_head"]
+
+    @field_validator("bits")
+    @classmethod
+    def _bits(cls, v: int) -> int:
+        if v not in SUPPORTED_BITS:
+            raise ConfigError(
+                f"unsupported weight bit width {v}", f"use one of {list(SUPPORTED_BITS)}"
+            )
+        return v
+
+    @field_validator("group_size")
+    @classmethod
+    def _group(cls, v: int | None) -> int | None:
+        if v is not None and v <= 0:
+            raise ConfigError(
+                f"group_size must be positive, got {v}",
+                "use e.g. 128, or None (--group-size 0 on the CLI) for per-channel",
+            )
+        return v
+
+    def scheme(self) -> QuantScheme:
+        return make_scheme(self.bits, self.group_size, self.symmetric)
+
+
+def block_prefix(model: nn.Module) -> str | None:
+    try:
+        return get_arch(model).block_prefix(model)
+    except Exception:  # an unknown family: RTN still works on any Linear
+        return None
+
+
+def select_linears(
+    model: nn.Module, cfg: WeightQuantConfig, *, blocks_only: bool = False
+) -> dict[str, nn.Linear]:
+    """The Linear layers ``cfg`` selects, validated against the scheme (nothing is changed)."""
+    prefix = block_prefix(model)
+    within = [prefix] if prefix else None
+    sel = select_modules(model, cfg.targets, cfg.ignore, within=within)
+    sel = {n: m for n, m in sel.items() if isinstance(m, nn.Linear)}
+    if blocks_only and prefix:
+        sel = {n: m for n, m in sel.items() if n.startswith(prefix + ".")}
+    require_selection(sel, cfg.targets or ["(every Linear in the blocks)"], "quantize")
+    scheme = cfg.scheme()
+    for name, m in sel.items():
+        scheme.group(m.in_features)  # group_size > in_features raises here
+        check_weight(m.weight.detach(), name)
+    return sel  # type: ignore[return-value]
+
+
+def calib_ids(ctx: Context, method: str, min_tokens: int) -> torch.Tensor:
+    """The calibration token ids from ``ctx``, refused when missing, malformed or too few."""
+    ids = ctx.calib
+    if ids is None:
+        raise DataError(
+            f"{method} needs calibration data and none was given",
+            "pass data=calibration_blocks(tokenizer, n=128, seq_len=512)",
+        )
+    if not isinstance(ids, torch.Tensor) or ids.ndim != 2 or ids.dtype != torch.long:
+        raise DataError(
+            f"calibration data must be a [samples, tokens] LongTensor of token ids, got "
+            f"{getattr(ids, 'shape', type(ids).__name__)} {getattr(ids, 'dtype', '')}",
+            "use slimline.data.calibration_blocks",
+        )
+    if ids.numel() < min_tokens:
+        raise DataError(
+            f"{method} got {ids.numel()} calibration tokens ({ids.shape[0]} x {ids.shape[1]}), "
+            f"needs at least {min_tokens}",
+            "pass more calibration samples (--calib-samples) or longer ones (--seq-len)",
+        )
+    return ids
+
+
+def check_finite_acts(name: str, x: torch.Tensor) -> None:
+    if not torch.isfinite(x).all():
+        raise DataError(
+            f"the calibration activations entering {name} hold NaN/inf values",
+            "check the model weights and the calibration text; the model was left unchanged",
+        )
+
+
+class Undo:
+    """Remember how to put the model back; ``rollback()`` on failure, in reverse order."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self._steps: list[Callable[[], Any]] = []
+
+    def replace(self, name: str, new: nn.Module) -> None:
+        old = self.model.get_submodule(name)
+        set_submodule(self.model, name, new)
+        self._steps.append(lambda: set_submodule(self.model, name, old))
+
+    def save_tensor(self, t: torch.Tensor) -> None:
+        copy = t.detach().clone()
+        self._steps.append(lambda: t.data.copy_(copy))
+
+    def rollback(self) -> None:
+        for step in reversed(self._steps):
+            step()
+        self._steps.clear()
+
+
+def layer_record(name: str, in_features: int, scheme: QuantScheme, **extra: Any) -> dict:
+    return {"name": name, "ragged": scheme.ragged(in_features), **extra}
+
+
+def summarize(model: nn.Module, layers: list[dict], scheme: QuantScheme) -> dict[str, Any]:
+    """Record fields common to every method: scheme, layer count, ragged layers, packed bytes."""
+    from slimline.quant.linear import quant_linears
+
+    qls = quant_linears(model)
+    ragged = [r["name"] for r in layers if r.get("ragged")]
+    return {
+        "scheme": scheme.label(),
+        "layers": len(layers),
+        "ragged_layers": ragged,
+        "ragged_note": (
+            f"{len(ragged)} layers have a shorter last group (width not a multiple of "
+            f"{scheme.group_size}); all were quantized"
+            if ragged
+            else ""
+        ),
+        "packed_bytes": sum(m.nbytes() for m in qls.values()),
+        "paths": sorted({m.path for m in qls.values()}),
+        "per_layer": layers,
+    }
