@@ -1,0 +1,116 @@
+"""`slimline distill`: a thin wrapper over slimline.distill.distill."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from slimline.cli._common import emit_json, kv_table, out
+from slimline.errors import ConfigError
+
+
+def _losses(spec: str) -> dict[str, float]:
+    """ "kl=1,hidden=0.1" -> {"kl": 1.0, "hidden": 0.1}."""
+    res: dict[str, float] = {}
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        k, eq, v = item.partition("=")
+        try:
+            res[k.strip()] = float(v) if eq else 1.0
+        except ValueError as e:
+            raise ConfigError(
+                f"cannot read loss weight {item!r}", "use e.g. --losses kl=1,ce=0.1"
+            ) from e
+    return res
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("distill")
+    def distill_cmd(
+        teacher: str = typer.Option(
+            ..., "--teacher", help="teacher model (bundled name, dir, GGUF)"
+        ),
+        student_from: str = typer.Option(
+            None,
+            "--student-from",
+            help="cut from a model: MODEL:keep=N | MODEL:drop-every=K | MODEL:mlp=0.5",
+        ),
+        student: str = typer.Option(None, "--student", help="an existing student model instead"),
+        data: str = typer.Option(
+            "python-docs", "--data", help="text source: python-docs, shakespeare, a file"
+        ),
+        output: Path = typer.Option(..., "-o", "--output", help="output directory"),
+        max_steps: int = typer.Option(
+            100, "--max-steps", help="optimizer steps; 0 writes the cut student untrained"
+        ),
+        minutes: float = typer.Option(None, "--minutes", help="stop after this wall time"),
+        losses: str = typer.Option("kl=1", "--losses", help="weights, e.g. kl=1,hidden=0.1,ce=0.1"),
+        temperature: float = typer.Option(2.0, "--temperature"),
+        seq_len: int = typer.Option(256, "--seq-len"),
+        batch_size: int = typer.Option(4, "--batch-size"),
+        grad_accum: int = typer.Option(1, "--grad-accum"),
+        lr: float = typer.Option(1e-4, "--lr"),
+        warmup: int = typer.Option(0, "--warmup-steps"),
+        checkpoint_every: int = typer.Option(0, "--checkpoint-every", help="0 = only at the end"),
+        prune_sparsity: float = typer.Option(
+            None, "--prune-sparsity", help="gradual magnitude pruning target"
+        ),
+        seed: int = typer.Option(0, "--seed"),
+        resume: bool = typer.Option(
+            False, "--resume", help="continue from the last checkpoint in OUT"
+        ),
+        as_json: bool = typer.Option(False, "--json", help="print the run record as JSON"),
+    ) -> None:
+        """Distil a teacher into a smaller student (built from the teacher, or given)."""
+        from slimline.core import make_config
+        from slimline.distill import distill
+        from slimline.distill.student import parse_student_spec
+
+        if (student_from is None) == (student is None):
+            raise ConfigError(
+                "give exactly one of --student-from or --student",
+                "e.g. --student-from smollm2-135m:keep=20",
+            )
+        s: Any = student
+        if student_from is not None:
+            base, params = parse_student_spec(student_from)
+            if not params:
+                raise ConfigError(
+                    f"--student-from {student_from!r} says no cut", "add :keep=N or :drop-every=K"
+                )
+            if base != teacher:
+                raise ConfigError(
+                    f"--student-from cuts {base!r} but the teacher is {teacher!r}",
+                    "cut the student from the teacher, or pass a ready model with --student",
+                )
+            s = params
+        cfg = make_config(
+            "distill",
+            dict(
+                losses=_losses(losses),
+                temperature=temperature,
+                data=data,
+                seq_len=seq_len,
+                batch_size=batch_size,
+                grad_accum=grad_accum,
+                max_steps=max_steps,
+                minutes=minutes,
+                lr=lr,
+                warmup_steps=warmup,
+                checkpoint_every=checkpoint_every,
+                prune_sparsity=prune_sparsity,
+                seed=seed,
+            ),
+        )
+        res = distill(teacher, s, data, cfg, output, resume=resume)
+        rec = res.record()
+        if as_json:
+            emit_json(rec)
+        else:
+            out.print(
+                kv_table(
+                    f"distilled -> {res.model_dir}",
+                    {k: v for k, v in rec.items() if not isinstance(v, (dict, list))},
+                )
+            )

@@ -1,0 +1,320 @@
+"""The public verb ``distill(teacher, student, data, config)`` and the ``distill`` technique.
+
+The verb turns what a user has (names, paths, loaded models, a text source) into the trainer's
+inputs, adds the in-loop hooks the config asks for, trains, and saves the student (an artifact
+when the artifact module is present, else a plain ``save_pretrained`` directory) beside the log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from slimline.core import Context, register_technique
+from slimline.distill.config import DistillConfig
+from slimline.distill.curriculum import curriculum_order, difficulty
+from slimline.distill.hooks import GradualPruning, LoopHook, QuantAwareTraining
+from slimline.distill.student import (
+    angular_importance,
+    drop_blocks,
+    parse_student_spec,
+    shrink_mlp,
+)
+from slimline.distill.teachers import CachedTeacher, Teacher, cache_teacher
+from slimline.distill.trainer import TrainResult, train
+from slimline.errors import ConfigError, InputError
+from slimline.models import LoadedModel, get_arch, load_model
+
+__all__ = ["DistillResult", "build_student", "distill", "make_data", "make_hooks"]
+
+
+@dataclass
+class DistillResult:
+    student: LoadedModel
+    train: TrainResult
+    model_dir: Path | None
+
+    def record(self) -> dict[str, Any]:
+        r = self.train
+        return {
+            "steps": r.steps,
+            "resumed_from": r.resumed_from,
+            "stopped": r.stopped,
+            "tokens": r.tokens,
+            "seconds": round(r.seconds, 2),
+            "tokens_per_s": round(r.tokens / r.seconds, 1) if r.seconds else None,
+            "first_loss": r.losses[0] if r.losses else None,
+            "last_loss": r.losses[-1] if r.losses else None,
+            "log": str(r.log_path) if r.log_path else None,
+            "model_dir": str(self.model_dir) if self.model_dir else None,
+            "student": self.student.extra.get("student"),
+            "hooks": r.extra.get("hooks"),
+        }
+
+
+def build_student(
+    teacher: LoadedModel, spec: str | dict[str, Any], calib: torch.Tensor | None = None
+) -> LoadedModel:
+    """A student cut from ``teacher`` by a spec: ``{"keep": 20}``, ``{"drop_every": 3}``,
+    ``{"keep": 20, "importance": "angular"}``, ``{"mlp": 0.5}`` (or the CLI string form)."""
+    params = parse_student_spec(f"x:{spec}")[1] if isinstance(spec, str) else dict(spec)
+    if not params:
+        raise ConfigError(f"empty student spec {spec!r}", "e.g. keep=20, drop-every=3 or mlp=0.5")
+    lm = teacher
+    if "keep" in params or "drop_every" in params:
+        importance = None
+        if params.get("importance"):
+            if params["importance"] != "angular":
+                raise ConfigError(
+                    f"unknown block importance {params['importance']!r}", "use importance=angular"
+                )
+            if calib is None:
+                from slimline.data import calibration_blocks
+
+                calib = calibration_blocks(teacher.tokenizer, n=8, seq_len=128)
+            importance = angular_importance(teacher, calib)
+        lm = drop_blocks(
+            lm, keep=params.get("keep"), drop_every=params.get("drop_every"), importance=importance
+        )
+    if "mlp" in params:
+        info = lm.extra.get("student", {})
+        lm = shrink_mlp(lm, float(params["mlp"]))
+        lm.extra["student"] = {**info, **lm.extra.get("student", {})}
+    return lm
+
+
+def make_data(
+    lm: LoadedModel, source: str, seq_len: int, seed: int = 0
+) -> dict[str, torch.Tensor] | torch.Tensor:
+    """Training data from a source name or path: packed blocks for causal LMs, padded
+    paragraphs for encoders (the first half of the text: never the eval half)."""
+    from slimline.data import sentences, train_blocks
+
+    if lm.kind == "encoder":
+        texts = sentences(source, split="fit", n=100_000)
+        enc = lm.tokenizer(
+            texts, padding=True, truncation=True, max_length=seq_len, return_tensors="pt"
+        )
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    if source.endswith(".jsonl") and Path(source).exists():
+        from slimline.distill.sequences import load_sequences
+
+        return load_sequences(source, lm.tokenizer, seq_len)
+    return train_blocks(lm.tokenizer, source, seq_len=seq_len, seed=seed)
+
+
+def make_hooks(cfg: DistillConfig) -> list[LoopHook]:
+    hooks: list[LoopHook] = []
+    if cfg.prune_sparsity:
+        hooks.append(
+            GradualPruning(
+                cfg.prune_sparsity,
+                every=cfg.prune_every,
+                end=cfg.prune_end,
+                targets=cfg.prune_targets,
+                ignore=cfg.prune_ignore,
+            )
+        )
+    if cfg.qat is not None:
+        hooks.append(QuantAwareTraining(**cfg.qat))
+    return hooks
+
+
+def _as_lm(x: Any, what: str) -> LoadedModel | None:
+    if isinstance(x, LoadedModel):
+        return x
+    if isinstance(x, (str, os.PathLike)):
+        return load_model(x)
+    if isinstance(x, nn.Module):
+        return None
+    raise InputError(
+        f"cannot use a {type(x).__name__} as the {what}",
+        "pass a model, a LoadedModel or a model spec",
+    )
+
+
+def _save_model(lm: LoadedModel, out: Path, record: dict[str, Any]) -> Path:
+    """Save the student: a signed artifact when the artifact module exists, else save_pretrained."""
+    target = out / "model"
+    try:
+        from slimline.artifact import save_artifact
+    except ImportError:
+        save_artifact = None
+    if save_artifact is not None:
+        save_artifact(lm, lm.tokenizer, target, manifest={"stages": [record]}, overwrite=True)
+        return target
+    import shutil
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(dir=out, prefix=".model-"))
+    try:
+        lm.model.save_pretrained(tmp, safe_serialization=True)
+        if lm.tokenizer is not None:
+            lm.tokenizer.save_pretrained(str(tmp))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def distill(
+    teacher: Any,
+    student: Any,
+    data: Any = None,
+    config: DistillConfig | None = None,
+    out_dir: str | os.PathLike[str] | None = None,
+    *,
+    hooks: list[LoopHook] | None = None,
+    resume: bool = False,
+    **overrides: Any,
+) -> DistillResult:
+    """Distil ``teacher`` into ``student`` and return the trained student with its run record.
+
+    ``teacher``: a model spec, LoadedModel, nn.Module, ``Teacher`` (ensemble) or ``CachedTeacher``.
+    ``student``: a LoadedModel / nn.Module / spec, or a cut of the teacher (``"keep=20"``,
+    ``{"drop_every": 3}``). ``data``: token blocks, a dict with a mask, or a source name
+    (default ``config.data``). ``overrides`` are config fields. ``max_steps=0`` returns (and
+    saves) the cut student untrained.
+    """
+    from slimline.core import make_config
+
+    base = (config or DistillConfig()).model_dump()
+    cfg = make_config("distill", {**base, **overrides})  # validates overrides: ConfigError if bad
+    assert isinstance(cfg, DistillConfig)
+    t_lm = None
+    if isinstance(teacher, (Teacher, CachedTeacher)):
+        t = teacher
+        first = teacher.members[0] if isinstance(teacher, Teacher) else None
+        t_lm = first if isinstance(first, LoadedModel) else None
+    else:
+        t_lm = _as_lm(teacher, "teacher")
+        t = Teacher(t_lm if t_lm is not None else teacher)
+    if isinstance(student, dict) or (
+        isinstance(student, str) and "=" in student and not Path(student).exists()
+    ):
+        if t_lm is None:
+            raise ConfigError(
+                "a student cut from the teacher needs a loaded teacher",
+                "pass a model spec or LoadedModel",
+            )
+        s_lm = build_student(t_lm, student)
+    else:
+        s_lm = _as_lm(student, "student")
+        if s_lm is None:
+            s_lm = LoadedModel(
+                student,
+                getattr(t, "tokenizer", None),
+                get_arch(student),
+                get_arch(student).kind,
+                type(student).__name__,
+            )
+    if data is None or isinstance(data, str):
+        data = make_data(s_lm, data or cfg.data, cfg.seq_len, cfg.seed)
+    out = Path(out_dir) if out_dir is not None else None
+    order = None
+    if cfg.curriculum != "none":
+        ids = data["input_ids"] if isinstance(data, dict) else data
+        mask = data.get("attention_mask") if isinstance(data, dict) else None
+        live = t.models[0] if isinstance(t, Teacher) else None
+        order = curriculum_order(difficulty(live, ids, mask, by=cfg.curriculum))
+    if cfg.cache_topk and isinstance(t, Teacher):
+        ids_all = data["input_ids"] if isinstance(data, dict) else data
+        m_all = data.get("attention_mask") if isinstance(data, dict) else None
+        if out is None:
+            raise ConfigError(
+                "cache_topk needs an output directory to keep the cache in", "pass out_dir"
+            )
+        where = out / "teacher_topk.safetensors"
+        if not where.exists():
+            cache_teacher(t, ids_all, where, k=cfg.cache_topk, attention_mask=m_all)
+        t = CachedTeacher(where, ids_all)  # refuses a cache made for other data
+    all_hooks = make_hooks(cfg) + list(hooks or [])
+    s_lm.model.requires_grad_(True)
+    result = train(
+        s_lm.model,
+        t,
+        data,
+        cfg,
+        out / "run" if out else None,
+        hooks=all_hooks,
+        resume=resume,
+        tokenizer=s_lm.tokenizer,
+        curriculum_order=order,
+    )
+    s_lm.model.eval()
+    s_lm.arch = get_arch(s_lm.model)
+    res = DistillResult(s_lm, result, None)
+    if out is not None:
+        rec = {"kind": "distill", "config": cfg.to_dict(), **res.record()}
+        res.model_dir = _save_model(s_lm, out, rec)
+        (out / "distill.json").write_text(
+            json.dumps({**rec, **res.record()}, indent=2, default=str) + "\n"
+        )
+    return res
+
+
+@register_technique(DistillConfig)
+def apply_distill(model: nn.Module, cfg: DistillConfig, ctx: Context) -> dict[str, Any]:
+    """Distil a teacher into this stage's model (the student), in place."""
+    if cfg.teacher == "base":
+        if ctx.teacher is None:
+            raise ConfigError(
+                "distill with teacher 'base' needs the model as it was before the recipe",
+                "run it inside a recipe, pass ctx.teacher, or name a teacher model",
+            )
+        t_model: Any = ctx.teacher
+    else:
+        t_model = load_model(cfg.teacher)
+    tok = ctx.tokenizer or (t_model.tokenizer if isinstance(t_model, LoadedModel) else None)
+    arch = get_arch(model)
+    s_lm = LoadedModel(model, tok, arch, arch.kind, "stage")
+    data: Any = ctx.train
+    if data is None:
+        if tok is None:
+            raise ConfigError(
+                "distill needs training data or a tokenizer to make it",
+                "set ctx.train or ctx.tokenizer",
+            )
+        data = make_data(s_lm, cfg.data, cfg.seq_len, cfg.seed)
+    t = Teacher(t_model)
+    out = ctx.workdir / "distill" if ctx.workdir is not None else None
+    resume = (
+        out is not None
+        and (out / "checkpoints").exists()
+        and any((out / "checkpoints").glob("step-*"))
+    )
+    model.requires_grad_(True)
+    order = None
+    if cfg.curriculum != "none":
+        ids = data["input_ids"] if isinstance(data, dict) else data
+        mask = data.get("attention_mask") if isinstance(data, dict) else None
+        order = curriculum_order(difficulty(t.models[0], ids, mask, by=cfg.curriculum))
+    r = train(
+        model,
+        t,
+        data,
+        cfg,
+        out,
+        hooks=make_hooks(cfg),
+        resume=resume,
+        tokenizer=tok,
+        curriculum_order=order,
+    )
+    model.eval()
+    return {
+        "steps": r.steps,
+        "tokens": r.tokens,
+        "seconds": round(r.seconds, 2),
+        "first_loss": r.losses[0] if r.losses else None,
+        "last_loss": r.losses[-1] if r.losses else None,
+        "stopped": r.stopped,
+        "hooks": r.extra.get("hooks"),
+    }
