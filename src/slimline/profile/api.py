@@ -1,0 +1,239 @@
+"""``profile(model)``: static and runtime cost of a model in one record, with metric names."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from slimline.errors import ConfigError
+from slimline.profile._resolve import resolve
+from slimline.profile.runtime import (
+    MB,
+    Energy,
+    RssSampler,
+    greedy_decode,
+    lifetime_peak_rss,
+    machine,
+    module_breakdown,
+    summary,
+    timed,
+    torch_threads,
+)
+from slimline.profile.static import flops_per_token, param_stats, size_on_disk
+
+ENGINE = "torch eager"
+
+
+@dataclass
+class Profile:
+    """What a model costs. ``metrics`` uses the shared metric names; the rest is detail."""
+
+    model: str
+    kind: str
+    metrics: dict[str, float]
+    params: dict[str, Any]
+    flops: dict[str, float]
+    timings: dict[str, list[float]] = field(default_factory=dict)
+    breakdown: dict[str, Any] | None = None
+    energy: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, default=str)
+
+    def tables(self) -> list[Any]:
+        """Rich tables: the metrics, bytes by dtype, and the per-role time breakdown."""
+        from rich.table import Table
+
+        env = self.env
+        title = (
+            f"{self.model} — {env.get('engine')}, {env.get('threads')} threads, "
+            f"{env.get('machine', {}).get('cpu')}"
+        )
+        t = Table(title=title)
+        t.add_column("metric")
+        t.add_column("value", justify="right")
+        for k, v in self.metrics.items():
+            t.add_row(k, f"{v:,.4g}" if isinstance(v, float) else f"{v:,}")
+        if not self.energy.get("available"):
+            t.add_row("energy", f"not available: {self.energy.get('reason', '')}")
+        out = [t]
+        d = Table(title="stored bytes by dtype")
+        for col in ("dtype", "tensors", "elements", "bytes"):
+            d.add_column(col, justify="right" if col != "dtype" else "left")
+        for dt, row in self.params.get("by_dtype", {}).items():
+            d.add_row(dt, f"{row['tensors']:,}", f"{row['elements']:,}", f"{row['bytes']:,}")
+        out.append(d)
+        if self.breakdown:
+            b = Table(
+                title=f"time by role (prefill, hooks on; wall {self.breakdown['wall_ms']:.1f} ms)"
+            )
+            b.add_column("role")
+            b.add_column("ms", justify="right")
+            b.add_column("share", justify="right")
+            total = sum(self.breakdown["by_role_ms"].values()) or 1.0
+            for role, ms in self.breakdown["by_role_ms"].items():
+                b.add_row(role, f"{ms:.2f}", f"{100 * ms / total:.1f}%")
+            out.append(b)
+            n = Table(title="slowest modules (summed over blocks)")
+            n.add_column("module")
+            n.add_column("ms", justify="right")
+            for name, ms in list(self.breakdown["by_name_ms"].items())[:10]:
+                n.add_row(name, f"{ms:.2f}")
+            out.append(n)
+        return out
+
+
+def _check(name: str, value: int, least: int) -> None:
+    if value < least:
+        raise ConfigError(
+            f"{name} must be at least {least} (got {value})", f"pass {name} >= {least}"
+        )
+
+
+def profile(
+    model_or_loaded: Any,
+    *,
+    seq_len: int = 512,
+    new_tokens: int = 64,
+    prompt_len: int = 32,
+    repeats: int = 5,
+    warmup: int = 1,
+    threads: int = 2,
+    batch: int = 1,
+    breakdown: bool = True,
+    tokenizer: Any = None,
+    seed: int = 0,
+) -> Profile:
+    """Measure a model: parameters, stored bytes by dtype, FLOPs per token, prefill latency, decode
+    speed (causal LMs), peak memory, per-module time breakdown, and energy where readable.
+
+    Runs the BENCH.md protocol by default (512-token prefill; 64 greedy tokens after a 32-token
+    prompt; 1 warm-up, median of 5; 2 threads; batch 1). Inputs are seeded random token ids:
+    dense-model latency does not depend on the text.
+    """
+    lm = resolve(model_or_loaded, tokenizer)
+    model, arch = lm.model, lm.arch
+    _check("seq_len", seq_len, 1)
+    _check("repeats", repeats, 1)
+    _check("threads", threads, 1)
+    _check("batch", batch, 1)
+    _check("warmup", warmup, 0)
+    causal = lm.kind == "causal-lm"
+    if causal:
+        _check("new_tokens", new_tokens, 1)
+        _check("prompt_len", prompt_len, 1)
+    max_pos = getattr(model.config, "max_position_embeddings", None) or getattr(
+        model.config, "n_positions", None
+    )
+    longest = max(seq_len, prompt_len + new_tokens if causal else 0)
+    if max_pos and longest > max_pos:
+        raise ConfigError(
+            f"{lm.source} takes at most {max_pos} positions; the profile needs {longest}",
+            f"lower --seq-len / --new-tokens to fit {max_pos}",
+        )
+
+    stats = param_stats(model)
+    flops = flops_per_token(model, arch, seq_len)
+    metrics: dict[str, float] = {
+        "params/total": stats.total,
+        "params/nonzero": stats.nonzero,
+        "size/bytes": stats.bytes,
+    }
+    if lm.path is not None and lm.path.exists() and lm.path.is_dir():
+        metrics["size/disk_bytes"] = size_on_disk(lm.path)
+    metrics["flops/token"] = flops["total"]
+    if causal:
+        metrics["flops/token_decode"] = flops_per_token(
+            model, arch, prompt_len + new_tokens, mode="decode"
+        )["total"]
+
+    vocab = int(model.get_input_embeddings().num_embeddings)
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (batch, seq_len), generator=gen)
+    mask = torch.ones_like(ids)
+    prompt = torch.randint(0, vocab, (batch, prompt_len), generator=gen)
+
+    @torch.inference_mode()
+    def prefill() -> None:
+        if causal:
+            model(input_ids=ids, attention_mask=mask, use_cache=False)
+        else:
+            model(input_ids=ids, attention_mask=mask)
+
+    timings: dict[str, list[float]] = {}
+    energy = Energy()
+    energy_info: dict[str, Any] = {"available": energy.available}
+    if not energy.available:
+        energy_info["reason"] = energy.reason
+    was_training = model.training
+    model.eval()
+    try:
+        with torch_threads(threads), RssSampler() as rss:
+            pre = timed(prefill, repeats, warmup)
+            timings["prefill_ms"] = [1000 * s for s in pre]
+            s = summary(timings["prefill_ms"])
+            metrics["latency/prefill_ms"] = s["median"]
+            metrics["latency/prefill_ms_min"] = s["min"]
+            metrics["latency/prefill_ms_max"] = s["max"]
+            metrics["latency/prefill_tok_s"] = batch * seq_len / (s["median"] / 1000)
+            if energy.available:
+                joules = [energy.measure(prefill) for _ in range(repeats)]
+                timings["prefill_j"] = joules
+                metrics["energy/prefill_j"] = summary(joules)["median"]
+                metrics["energy/token_mj"] = 1000 * metrics["energy/prefill_j"] / (batch * seq_len)
+                energy_info["scope"] = "whole CPU package (other processes included)"
+            if causal:
+                for _ in range(warmup):
+                    greedy_decode(model, prompt, new_tokens)
+                steps, e2e = [], []
+                for _ in range(repeats):
+                    t_prompt, t_steps, _ = greedy_decode(model, prompt, new_tokens)
+                    if new_tokens > 1:
+                        steps.append(batch * (new_tokens - 1) / t_steps)
+                    e2e.append(batch * new_tokens / (t_prompt + t_steps))
+                if steps:
+                    timings["decode_tok_s"] = steps
+                    s = summary(steps)
+                    metrics["latency/decode_tok_s"] = s["median"]
+                    metrics["latency/decode_tok_s_min"] = s["min"]
+                    metrics["latency/decode_tok_s_max"] = s["max"]
+                timings["generate_tok_s"] = e2e
+                metrics["latency/generate_tok_s"] = summary(e2e)["median"]
+        metrics["memory/peak_mb"] = rss.peak / MB
+        metrics["memory/start_mb"] = rss.start / MB
+        metrics["memory/process_peak_mb"] = lifetime_peak_rss() / MB
+        metrics["memory/model_mb"] = stats.bytes / MB
+        bd = None
+        if breakdown:
+            with torch_threads(threads):
+                bd = module_breakdown(model, arch, prefill, runs=min(repeats, 3))
+    finally:
+        model.train(was_training)
+
+    return Profile(
+        model=lm.source,
+        kind=lm.kind,
+        metrics=metrics,
+        params=stats.to_dict(),
+        flops=flops,
+        timings=timings,
+        breakdown=bd,
+        energy=energy_info,
+        env={"engine": ENGINE, "threads": threads, "batch": batch, "machine": machine()},
+        settings={
+            "seq_len": seq_len,
+            "new_tokens": new_tokens,
+            "prompt_len": prompt_len,
+            "repeats": repeats,
+            "warmup": warmup,
+            "inputs": f"random token ids, seed {seed}",
+        },
+    )
