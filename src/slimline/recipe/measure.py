@@ -1,0 +1,85 @@
+"""What the runner measures on the baseline and after each stage, named per DEVELOPING.md.
+
+Quality comes from ``slimline.eval``: ``ppl/<dataset>`` (BENCH.md), ``bpb``, ``ece``, and against
+the baseline as teacher ``kl/teacher`` and ``agree/top1`` (pooled, and per dataset when several). Cost comes from ``slimline.profile``:
+``params/*``, ``flops/token``, ``latency/prefill_ms``, ``latency/decode_tok_s`` (median after a
+warm-up, on the named engine and threads) and ``memory/peak_mb`` (see ``cost``). ``size/bytes`` is the checkpoint's bytes on disk, added by
+the runner after it saves.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from slimline.recipe.schema import EvalSuite, Latency
+
+
+@torch.no_grad()
+def quality(
+    lm: Any, eval_sets: dict[str, torch.Tensor], suite: EvalSuite, teacher: Any | None = None
+) -> dict[str, float]:
+    """Quality metrics from ``slimline.eval.evaluate`` on the run's eval windows, kept to the
+    suite's list; the teacher (the baseline) is the reference for ``kl/teacher``/``agree/top1``."""
+    from slimline.eval import evaluate
+
+    vs_teacher = any(m in suite.metrics for m in ("kl/teacher", "agree/top1", "ece"))
+    first = next(iter(eval_sets.values()))
+    m = evaluate(
+        lm,
+        data=eval_sets,
+        reference=teacher if vs_teacher else None,
+        windows=int(first.shape[0]),
+        seq_len=int(first.shape[1]),
+        suite="default" if vs_teacher else "ppl",
+    )
+    return {k: v for k, v in m.items() if k.startswith(tuple(suite.metrics))}
+
+
+def params(model: nn.Module) -> dict[str, float]:
+    """Dense and non-zero parameter counts (``slimline.profile``: packed modules count logically)."""
+    from slimline.profile.static import param_stats
+
+    st = param_stats(model)
+    return {"params/total": float(st.total), "params/nonzero": float(st.nonzero)}
+
+
+def cost(lm: Any, cfg: Latency) -> dict[str, Any]:
+    """Latency, memory and FLOPs from ``slimline.profile`` on the engine named in ``cfg``.
+
+    ``memory/peak_mb`` here is what serving this model needs: its tensors plus the resident growth
+    during the profile. The process also holds the baseline (teacher) and the data, so its own
+    peak is kept apart as ``memory/process_peak_mb``. Engines other than torch: not measured.
+    """
+    if cfg.engine != "torch":
+        return {}
+    from slimline.profile import profile
+
+    p = profile(
+        lm,
+        seq_len=cfg.prefill_tokens,
+        new_tokens=cfg.decode_tokens,
+        prompt_len=cfg.prompt_tokens,
+        repeats=cfg.repeats,
+        threads=cfg.threads,
+        breakdown=False,
+    )
+    m = dict(p.metrics)
+    m.pop("size/bytes", None)  # in-memory bytes; the runner sets size/bytes from disk
+    m.pop("size/disk_bytes", None)
+    growth = max(0.0, m.get("memory/peak_mb", 0.0) - m.get("memory/start_mb", 0.0))
+    if "memory/model_mb" in m:
+        m["memory/peak_mb"] = m["memory/model_mb"] + growth
+    m["latency/setup"] = {
+        "engine": "torch",
+        "engine_name": p.env.get("engine"),
+        "threads": cfg.threads,
+        "prefill_tokens": cfg.prefill_tokens,
+        "prompt_tokens": cfg.prompt_tokens,
+        "decode_tokens": cfg.decode_tokens,
+        "repeats": cfg.repeats,
+        "cpu": (p.env.get("machine") or {}).get("cpu"),
+    }
+    return m

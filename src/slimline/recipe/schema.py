@@ -1,0 +1,510 @@
+"""Recipe schema: a YAML file that declares the model, data, deployment targets, stages and the
+evaluation suite, validated before any work starts.
+
+A stage is one readable line, the technique's registered name mapped to its parameters
+(STYLE.md)::
+
+    stages:
+      - quant.gptq: {bits: 4, group_size: 64}
+      - prune.wanda: {sparsity: 0.5}
+
+Stage kinds are looked up in the technique registry (``slimline.core``), never hard-wired here,
+so a technique registered later is usable in a recipe without touching this file.
+
+Quality targets (``max_quality_loss``) are relative to the baseline: a number is a ratio
+(``ppl/python-docs: 1.10`` = at most 1.10 x the baseline's perplexity; for a higher-is-better
+metric such as ``agree/top1`` it means at least baseline / 1.10), a string with a sign is an
+absolute delta (``"+0.5"``: at most baseline + 0.5; ``"-0.02"`` on ``acc/x``: at least
+baseline - 0.02).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from slimline.core import TechniqueConfig, get_technique, make_config, techniques
+from slimline.errors import ConfigError, ModelLoadError, SlimlineError
+
+LOWER_IS_BETTER = ("ppl/", "bpb/", "kl/", "ece", "size/", "memory/", "flops/", "latency/prefill")
+HIGHER_IS_BETTER = ("acc/", "agree/", "cos/", "recall@", "passkey/", "latency/decode")
+QUALITY_METRICS = ("ppl", "bpb", "ece", "kl/teacher", "agree/top1")
+
+
+def higher_is_better(metric: str) -> bool:
+    """Direction of a metric named per DEVELOPING.md (``ppl/x`` lower, ``acc/x`` higher)."""
+    if metric.startswith(HIGHER_IS_BETTER):
+        return True
+    if metric.startswith(LOWER_IS_BETTER):
+        return False
+    raise ConfigError(
+        f"unknown metric {metric!r}: cannot tell whether higher or lower is better",
+        f"use a metric named like {', '.join(p.rstrip('/') for p in LOWER_IS_BETTER + HIGHER_IS_BETTER)}",
+    )
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSplit(_Strict):
+    """Where a block set comes from and how much of it: ``{source, n, seq_len}``."""
+
+    source: str = "python-docs"
+    n: int = Field(16, ge=1)
+    seq_len: int = Field(256, ge=8)
+
+
+class Data(_Strict):
+    calibration: DataSplit = DataSplit()
+    train: DataSplit | None = None
+    seed: int = 0
+
+
+class Latency(_Strict):
+    """How latency is measured (BENCH.md: 512-token prefill, 64 new tokens after 32, median)."""
+
+    engine: str = "torch"
+    threads: int = Field(2, ge=1)
+    prefill_tokens: int = Field(512, ge=1)
+    decode_tokens: int = Field(64, ge=1)
+    prompt_tokens: int = Field(32, ge=1)
+    repeats: int = Field(5, ge=1)
+
+
+class EvalSuite(_Strict):
+    """What is measured on the baseline and after every stage."""
+
+    datasets: list[str] = ["python-docs"]
+    windows: int = Field(16, ge=1)
+    seq_len: int = Field(512, ge=8)
+    metrics: list[str] = ["ppl", "kl/teacher", "agree/top1"]
+    latency: Latency | None = Latency()
+    every_stage: bool = True  # False: quality only on baseline and final model
+
+    @field_validator("metrics")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        bad = [m for m in v if m not in QUALITY_METRICS]
+        if bad:
+            raise ValueError(f"unknown metrics {bad}; allowed: {list(QUALITY_METRICS)}")
+        return v
+
+
+class EngineLimit(_Strict):
+    """A latency limit and the engine/threads it must hold on."""
+
+    value: float = Field(gt=0)
+    engine: str = "torch"
+    threads: int = Field(2, ge=1)
+
+
+class Targets(_Strict):
+    """Deployment targets, declared before compressing; every run says which it met."""
+
+    max_size_mb: float | None = Field(None, gt=0)
+    max_prefill_ms: EngineLimit | None = None
+    min_decode_tok_s: EngineLimit | None = None
+    max_memory_mb: float | None = Field(None, gt=0)
+    max_quality_loss: dict[str, float | str] = {}
+
+    @field_validator("max_prefill_ms", "min_decode_tok_s", mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        return {"value": v} if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+
+    @field_validator("max_quality_loss")
+    @classmethod
+    def _quality(cls, v: dict[str, float | str]) -> dict[str, float | str]:
+        for metric, limit in v.items():
+            try:
+                higher_is_better(metric)
+            except ConfigError as e:
+                raise ValueError(f"{e.problem}; {e.fix}") from e
+            parse_quality_limit(metric, limit)
+        return v
+
+
+def parse_quality_limit(metric: str, limit: float | str) -> tuple[str, float]:
+    """``1.10`` -> ("ratio", 1.10); ``"+0.5"`` / ``"-0.02"`` -> ("delta", 0.5 / 0.02)."""
+    if isinstance(limit, str):
+        s = limit.strip()
+        if re.fullmatch(r"[-+]\s*\d+(\.\d*)?([eE][-+]?\d+)?", s):
+            return "delta", abs(float(s.replace(" ", "")))
+        m = re.fullmatch(r"x?\s*(\d+(\.\d*)?)\s*x?", s)
+        if not m:
+            raise ValueError(
+                f"{metric}: {limit!r} is neither a ratio (1.10) nor a delta ('+0.5' / '-0.02')"
+            )
+        limit = float(m.group(1))
+    if limit <= 0:
+        raise ValueError(f"{metric}: a ratio must be positive, got {limit}")
+    if limit < 1:
+        raise ValueError(
+            f"{metric}: ratio {limit} < 1 asks the compressed model to beat the baseline; "
+            "a loss ratio is >= 1 (1.0 = no loss allowed)"
+        )
+    return "ratio", float(limit)
+
+
+class Recipe(_Strict):
+    """A whole recipe. ``stages`` holds validated technique configs (``TechniqueConfig``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    name: str
+    description: str = ""
+    model: str
+    data: Data = Data()
+    targets: Targets = Targets()
+    stages: list[Any] = []
+    eval: EvalSuite = EvalSuite()
+    source: str | None = None  # the file it was read from (not part of the digest)
+
+    @field_validator("stages", mode="before")
+    @classmethod
+    def _stages(cls, v: Any) -> list[TechniqueConfig]:
+        if v is None:
+            return []
+        if not isinstance(v, list):
+            raise ValueError("stages must be a list of `- kind: {params}` items")
+        out = []
+        for i, item in enumerate(v):
+            if isinstance(item, TechniqueConfig):
+                out.append(item)
+                continue
+            kind, params = _stage_item(i, item)
+            out.append(make_config(kind, params))
+        return out
+
+    def stage_dicts(self) -> list[dict[str, Any]]:
+        """Stages as ``[{kind: params}]``, the YAML form."""
+        return [{s.kind: s.model_dump(mode="json")} for s in self.stages]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = self.model_dump(mode="json", exclude={"stages", "source"})
+        d["stages"] = self.stage_dicts()
+        return d
+
+    def digest(self) -> str:
+        """sha256 of the canonical recipe (everything, targets included)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+    def work_digest(self) -> str:
+        """sha256 of what decides the model and its measurements (model, data, stages, eval):
+        a run dir resumes only under the same work digest. Name, description and targets are
+        left out, so tightening a target re-checks a finished run instead of redoing it."""
+        d = {k: v for k, v in self.to_dict().items() if k not in ("name", "description", "targets")}
+        blob = json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+
+def _stage_item(i: int, item: Any) -> tuple[str, dict[str, Any]]:
+    if isinstance(item, str):
+        return item, {}
+    if isinstance(item, dict) and len(item) == 1:
+        ((kind, params),) = item.items()
+        if params is None:
+            params = {}
+        if not isinstance(params, dict):
+            raise ValueError(f"stage {i}: parameters of {kind} must be a mapping, got {params!r}")
+        return str(kind), params
+    raise ValueError(
+        f"stage {i} must be one `kind: {{params}}` mapping (e.g. `- quant.rtn: {{bits: 4}}`), got {item!r}"
+    )
+
+
+# --- reading a file with line numbers in errors --------------------------------------------------
+
+
+def _node_lines(node: yaml.Node, path: tuple[Any, ...] = ()) -> dict[tuple[Any, ...], int]:
+    """Map every key path in a composed YAML tree to its 1-based line."""
+    lines = {path: node.start_mark.line + 1}
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            key = k.value
+            lines[(*path, key)] = k.start_mark.line + 1
+            lines.update(
+                {p: n for p, n in _node_lines(v, (*path, key)).items() if p != (*path, key)}
+            )
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            lines.update(_node_lines(v, (*path, i)))
+    return lines
+
+
+def _line_for(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int | None:
+    for n in range(len(loc), -1, -1):
+        if tuple(loc[:n]) in lines:
+            return lines[tuple(loc[:n])]
+    return None
+
+
+def _allowed_hint(loc: tuple[Any, ...]) -> str:
+    top = {
+        "": list(Recipe.model_fields),
+        "data": list(Data.model_fields),
+        "targets": list(Targets.model_fields),
+        "eval": list(EvalSuite.model_fields),
+    }
+    key = str(loc[0]) if loc else ""
+    if key in top and key:
+        return f"fields of `{key}`: {', '.join(top[key])}"
+    return f"top-level fields: {', '.join(f for f in top[''] if f != 'source')}"
+
+
+def parse_recipe(data: Any, source: str = "<recipe>", lines: dict | None = None) -> Recipe:
+    """Validate a recipe given as plain data; errors name ``source``, the field and its line."""
+    lines = lines or {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{source}: a recipe is a YAML mapping, got {type(data).__name__}",
+            "start from a template: `slimline recipe show default`",
+        )
+    if isinstance(data.get("stages"), list):  # stage errors: say which stage, list the kinds
+        for i, item in enumerate(data["stages"]):
+            where = _where(source, lines, ("stages", i))
+            try:
+                kind, params = _stage_item(i, item)
+            except ValueError as e:
+                raise ConfigError(f"{where}: {e}", "write each stage as `- kind: {params}`") from e
+            try:
+                get_technique(kind)
+            except ConfigError as e:
+                raise ConfigError(
+                    f"{where}: unknown stage kind {kind!r}",
+                    f"registered kinds: {', '.join(techniques()) or '(none)'}",
+                ) from e
+            try:
+                make_config(kind, params)
+            except ConfigError as e:
+                raise ConfigError(f"{where}: {e.problem}", e.fix) from e
+    try:
+        return Recipe(**data, source=source if source != "<recipe>" else None)
+    except TypeError as e:
+        raise ConfigError(f"{source}: {e}", _allowed_hint(())) from e
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = tuple(err["loc"])
+        where = _where(source, lines, loc)
+        field = ".".join(map(str, loc)) or "recipe"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            raise ConfigError(
+                f"{where}: unknown field {field!r}", _allowed_hint(loc[:-1] or ())
+            ) from e
+        if err["type"] == "missing":
+            raise ConfigError(f"{where}: missing field {field!r}", _allowed_hint(loc[:-1])) from e
+        raise ConfigError(
+            f"{where}: {field}: {msg}", _allowed_hint(loc[:-1] if len(loc) > 1 else loc)
+        ) from e
+
+
+def _where(source: str, lines: dict, loc: tuple[Any, ...]) -> str:
+    line = _line_for(lines, loc)
+    return f"{source}:{line}" if line else source
+
+
+def load_recipe(path: str | Path, *, check: bool = True) -> Recipe:
+    """Read and validate a recipe file (or a shipped template name, e.g. ``default``).
+
+    With ``check`` also verify what needs the model: that it loads, and that the targets do not
+    contradict what the stages can reach (see ``check_recipe``).
+    """
+    p = resolve_recipe_path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read recipe {p}: {e}", "check the path") from e
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{p}:{mark.line + 1}" if mark else str(p)
+        raise ConfigError(
+            f"{where}: not valid YAML ({getattr(e, 'problem', e)})", "fix the YAML syntax"
+        ) from e
+    lines = _node_lines(node) if node is not None else {}
+    recipe = parse_recipe(data, str(p), lines)
+    if check:
+        check_recipe(recipe, lines)
+    return recipe
+
+
+def shipped_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "recipes"
+
+
+def shipped_recipes() -> dict[str, Path]:
+    """Templates shipped with slimline, by name (file stem)."""
+    return {p.stem: p for p in sorted(shipped_dir().glob("*.yaml"))}
+
+
+def resolve_recipe_path(path: str | Path) -> Path:
+    p = Path(path).expanduser()
+    if p.exists():
+        return p
+    shipped = shipped_recipes()
+    if str(path) in shipped:
+        return shipped[str(path)]
+    raise ConfigError(
+        f"recipe {str(path)!r} not found: no such file or shipped template",
+        f"templates: {', '.join(shipped)} (`slimline recipe list`)",
+    )
+
+
+# --- checks that need the model: it loads, and the targets are reachable --------------------------
+
+
+def model_params(spec: str) -> dict[str, int]:
+    """Parameter counts of ``spec`` built on the meta device (no weights read): total and the
+    part in Linear layers inside the blocks, which is what quantizers and pruners shrink."""
+    from accelerate import init_empty_weights
+    from torch import nn
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    from slimline.models import BUNDLED, bundled_path, get_arch, load_model
+
+    path: Path | None = None
+    if spec in BUNDLED:
+        path = bundled_path(spec)
+    elif Path(spec).expanduser().is_dir() and (Path(spec).expanduser() / "config.json").exists():
+        path = Path(spec).expanduser()
+    if path is None:  # a GGUF file, a cache id, or nothing loadable: the loader says which
+        model = load_model(spec).model
+    else:
+        try:
+            cfg = AutoConfig.from_pretrained(str(path), local_files_only=True)
+            enc = cfg.model_type == "bert"
+            with init_empty_weights():
+                model = (AutoModel if enc else AutoModelForCausalLM).from_config(cfg)
+            out_emb = model.get_output_embeddings() if not enc else None
+            if getattr(cfg, "tie_word_embeddings", False) and out_emb is not None:
+                out_emb.weight = (
+                    model.get_input_embeddings().weight
+                )  # meta: not tied by from_config
+        except Exception as e:  # transformers raises many types for a bad config
+            raise ModelLoadError(
+                f"cannot load model {spec}: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
+                "point `model:` at a Hugging Face directory, a .gguf file or a bundled name",
+            ) from e
+    arch = get_arch(model)
+    prefix = arch.block_prefix(model) + "."
+    seen: set[int] = set()
+    total = linear = 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear) and name.startswith(prefix):
+            linear += m.weight.numel()
+    return {"total": total, "block_linear": linear}
+
+
+def _min_bits(stage: TechniqueConfig) -> float | None:
+    vals = [
+        float(v)
+        for k, v in stage.model_dump().items()
+        if k in ("bits", "wbits", "w_bits", "weight_bits") and isinstance(v, (int, float))
+    ]
+    # Mixed precision: the lowest bit width it may choose.
+    for k, v in stage.model_dump().items():
+        if k in ("bits_choices", "choices", "candidate_bits") and isinstance(v, list) and v:
+            vals.append(float(min(v)))
+    return min(vals) if vals else None
+
+
+def _removes_params(stage: TechniqueConfig) -> bool:
+    """True when a stage may physically remove parameters by an amount we cannot bound from its
+    config alone (structured pruning, distillation into a smaller student, low rank)."""
+    fields = set(stage.model_dump())
+    structural = {
+        "remove",
+        "n_remove",
+        "amount",
+        "keep",
+        "ratio",
+        "fraction",
+        "rank",
+        "rank_ratio",
+        "student",
+        "n_blocks",
+    }
+    return bool(fields & structural) or stage.kind.startswith(("distill", "lowrank"))
+
+
+def _max_sparsity(stage: TechniqueConfig) -> float:
+    """The largest share of weights a stage may zero (a sparse format could skip storing them)."""
+    d = stage.model_dump()
+    out = 0.0
+    if isinstance(d.get("sparsity"), (int, float)):
+        out = float(d["sparsity"])
+    pattern = d.get("pattern")
+    if isinstance(pattern, str) and re.fullmatch(r"\d+:\d+", pattern):
+        n, m = map(int, pattern.split(":"))
+        out = max(out, 1 - n / m)
+    per_layer = d.get("sparsity_per_layer")
+    if isinstance(per_layer, dict) and per_layer:
+        out = max(out, *(float(v) for v in per_layer.values() if isinstance(v, (int, float))))
+    return min(max(out, 0.0), 1.0)
+
+
+def size_lower_bound_mb(recipe: Recipe, params: dict[str, int]) -> float | None:
+    """The smallest artifact the stages can possibly produce, or None when it cannot be bounded.
+
+    Block Linear weights go to the lowest bit width any stage declares (32 when none quantizes),
+    everything else (embeddings, norms) stays at 16 bits at the very least; zeroed weights are
+    taken as free (a sparse format could skip them) and scales/zeros/masks as costless, so the
+    bound is never above what is reachable."""
+    if any(_removes_params(s) for s in recipe.stages):
+        return None
+    sized = ("bits", "wbits", "w_bits", "weight_bits", "sparsity", "pattern", "sparsity_per_layer")
+    if any(not set(s.model_dump()) & set(sized) for s in recipe.stages):
+        return None  # a stage whose effect on size its config does not state: no provable bound
+    bits = [b for b in (_min_bits(s) for s in recipe.stages) if b is not None]
+    b = min(bits) if bits else 32.0
+    kept = 1.0 - max([_max_sparsity(s) for s in recipe.stages] or [0.0])
+    other = params["total"] - params["block_linear"]
+    rest_bits = 16.0 if bits else 32.0
+    return (params["block_linear"] * kept * b / 8 + other * rest_bits / 8) / 1e6
+
+
+def check_recipe(recipe: Recipe, lines: dict | None = None) -> dict[str, Any]:
+    """Checks that need the model: it loads, and no target contradicts what the stages can reach.
+
+    Raises ``ModelLoadError`` / ``TargetError``; returns what it found (params, size bound)."""
+    from slimline.errors import TargetError
+
+    lines = lines or {}
+    src = recipe.source or recipe.name
+    try:
+        params = model_params(recipe.model)
+    except SlimlineError as e:
+        where = _where(src, lines, ("model",))
+        raise type(e)(f"{where}: model {recipe.model!r} does not load: {e.problem}", e.fix) from e
+    bound = size_lower_bound_mb(recipe, params)
+    t = recipe.targets
+    if bound is not None and t.max_size_mb is not None and t.max_size_mb < bound:
+        where = _where(src, lines, ("targets", "max_size_mb"))
+        raise TargetError(
+            f"{where}: max_size_mb {t.max_size_mb:g} is below the smallest size these stages can "
+            f"reach ({bound:.1f} MB for {params['total']:,} parameters)",
+            "raise max_size_mb, or add a stage that quantizes to fewer bits or removes parameters",
+        )
+    if bound is not None and t.max_memory_mb is not None and t.max_memory_mb < bound:
+        where = _where(src, lines, ("targets", "max_memory_mb"))
+        raise TargetError(
+            f"{where}: max_memory_mb {t.max_memory_mb:g} is below the weights alone ({bound:.1f} MB)",
+            "raise max_memory_mb, or compress further",
+        )
+    return {"params": params, "size_lower_bound_mb": bound}

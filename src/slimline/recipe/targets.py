@@ -1,0 +1,153 @@
+"""Check deployment targets against what was measured: one verdict per target.
+
+A verdict is ``met``, ``missed`` (with the numbers) or ``not measured``: a target with no
+measurement never passes. Quality targets compare with the baseline measured in the same run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from slimline.recipe.schema import EngineLimit, Targets, higher_is_better, parse_quality_limit
+
+MET, MISSED, NOT_MEASURED = "met", "missed", "not measured"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    target: str  # e.g. "max_size_mb", "max_quality_loss[ppl/python-docs]"
+    metric: str  # the metric it reads, e.g. "size/bytes"
+    status: str  # met | missed | not measured
+    limit: float | None  # the absolute limit the value was compared with
+    value: float | None
+    text: str  # one human line: "size 70.1 MB <= 200 MB: met"
+    baseline: float | None = None
+
+    @property
+    def met(self) -> bool:
+        return self.status == MET
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4g}" if abs(v) < 1e4 else f"{v:,.0f}"
+
+
+def _limit_verdict(
+    target: str,
+    metric: str,
+    value: float | None,
+    limit: float,
+    upper: bool,
+    unit: str,
+    why: str = "",
+) -> Verdict:
+    op = "<=" if upper else ">="
+    if value is None:
+        return Verdict(target, metric, NOT_MEASURED, limit, None, f"{target}: not measured{why}")
+    ok = value <= limit if upper else value >= limit
+    status = MET if ok else MISSED
+    text = f"{metric} {_fmt(value)}{unit} {op} {_fmt(limit)}{unit}: {status}"
+    return Verdict(target, metric, status, limit, value, text)
+
+
+def _engine_value(
+    metrics: dict[str, Any], metric: str, lim: EngineLimit
+) -> tuple[float | None, str]:
+    setup = metrics.get("latency/setup") or {}
+    v = _num(metrics.get(metric))
+    if v is None:
+        return None, ""
+    if setup.get("engine") != lim.engine or setup.get("threads") != lim.threads:
+        return None, (
+            f" on {lim.engine} with {lim.threads} threads (measured on "
+            f"{setup.get('engine')} with {setup.get('threads')} threads)"
+        )
+    return v, ""
+
+
+def check_targets(
+    targets: Targets, final: dict[str, Any], baseline: dict[str, Any]
+) -> list[Verdict]:
+    """One verdict per declared target; quality limits are relative to ``baseline``."""
+    out: list[Verdict] = []
+    if targets.max_size_mb is not None:
+        b = _num(final.get("size/bytes"))
+        out.append(
+            _limit_verdict(
+                "max_size_mb",
+                "size/bytes",
+                None if b is None else b / 1e6,
+                targets.max_size_mb,
+                True,
+                " MB",
+            )
+        )
+    if targets.max_prefill_ms is not None:
+        lim = targets.max_prefill_ms
+        v, why = _engine_value(final, "latency/prefill_ms", lim)
+        out.append(
+            _limit_verdict("max_prefill_ms", "latency/prefill_ms", v, lim.value, True, " ms", why)
+        )
+    if targets.min_decode_tok_s is not None:
+        lim = targets.min_decode_tok_s
+        v, why = _engine_value(final, "latency/decode_tok_s", lim)
+        out.append(
+            _limit_verdict(
+                "min_decode_tok_s", "latency/decode_tok_s", v, lim.value, False, " tok/s", why
+            )
+        )
+    if targets.max_memory_mb is not None:
+        out.append(
+            _limit_verdict(
+                "max_memory_mb",
+                "memory/peak_mb",
+                _num(final.get("memory/peak_mb")),
+                targets.max_memory_mb,
+                True,
+                " MB",
+            )
+        )
+    for metric, spec in targets.max_quality_loss.items():
+        out.append(quality_verdict(metric, spec, final, baseline))
+    return out
+
+
+def quality_verdict(
+    metric: str, spec: float | str, final: dict[str, Any], baseline: dict[str, Any]
+) -> Verdict:
+    """``metric`` within ``spec`` (ratio or delta) of its baseline value."""
+    target = f"max_quality_loss[{metric}]"
+    mode, amount = parse_quality_limit(metric, spec)
+    higher = higher_is_better(metric)
+    base, value = _num(baseline.get(metric)), _num(final.get(metric))
+    if base is None or value is None:
+        missing = "baseline" if base is None else "compressed model"
+        return Verdict(
+            target,
+            metric,
+            NOT_MEASURED,
+            None,
+            value,
+            f"{target}: not measured on the {missing}",
+            base,
+        )
+    if mode == "ratio":
+        limit = base / amount if higher else base * amount
+        how = f"{'1/' if higher else ''}{amount:g} x baseline {_fmt(base)}"
+    else:
+        limit = base - amount if higher else base + amount
+        how = f"baseline {_fmt(base)} {'-' if higher else '+'} {amount:g}"
+    ok = value >= limit if higher else value <= limit
+    status = MET if ok else MISSED
+    op = ">=" if higher else "<="
+    rel = value / base if base else float("nan")
+    text = f"{metric} {_fmt(value)} ({rel:.3f} x baseline) {op} {how} = {_fmt(limit)}: {status}"
+    return Verdict(target, metric, status, limit, value, text, base)
