@@ -16,12 +16,22 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
 from slimline.errors import ConfigError
 
 log = logging.getLogger("slimline")
+
+
+def config_error(what: str, e: ValidationError) -> ConfigError:
+    """A pydantic validation failure as a slimline error naming every bad field."""
+    details = "; ".join(
+        f"{'.'.join(map(str, err['loc'])) or what}: {err['msg']}" for err in e.errors()
+    )
+    return ConfigError(
+        f"invalid {what} config: {details}", "see `slimline techniques` for the fields"
+    )
 
 
 class TechniqueConfig(BaseModel):
@@ -33,6 +43,12 @@ class TechniqueConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     kind: ClassVar[str] = ""
     version: ClassVar[int] = 1
+
+    def __init__(self, **data: Any):
+        try:
+            super().__init__(**data)
+        except ValidationError as e:
+            raise config_error(self.kind or type(self).__name__, e) from e
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "version": self.version, **self.model_dump(mode="json")}
@@ -115,18 +131,7 @@ def get_technique(kind: str) -> Technique:
 
 def make_config(kind: str, params: dict[str, Any] | None) -> TechniqueConfig:
     """Build a validated config from a short name and plain parameters (YAML, search spaces)."""
-    from pydantic import ValidationError
-
-    tech = get_technique(kind)
-    try:
-        return tech.config(**(params or {}))
-    except ValidationError as e:
-        details = "; ".join(
-            f"{'.'.join(map(str, err['loc'])) or kind}: {err['msg']}" for err in e.errors()
-        )
-        raise ConfigError(
-            f"invalid parameters for {kind}: {details}", "see `slimline techniques` for the fields"
-        ) from e
+    return get_technique(kind).config(**(params or {}))
 
 
 @dataclass

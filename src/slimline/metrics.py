@@ -20,6 +20,7 @@ LOWER_IS_BETTER = (
     "params/",
     "energy/",
     "time/",
+    "loss",
 )
 HIGHER_IS_BETTER = (
     "acc/",
@@ -29,15 +30,26 @@ HIGHER_IS_BETTER = (
     "passkey/",
     "latency/decode",
     "throughput/",
+    "f1",
+    "score",
 )
+RATE_SUFFIXES = ("tok_s", "tokens_per_s", "per_s")
+
+
+def direction(metric: str) -> str | None:
+    """``"higher"``, ``"lower"`` or None when the name does not say (a rate is always higher)."""
+    if metric.endswith(RATE_SUFFIXES) or metric.startswith(HIGHER_IS_BETTER):
+        return "higher"
+    if metric.startswith(LOWER_IS_BETTER):
+        return "lower"
+    return None
 
 
 def higher_is_better(metric: str) -> bool:
     """Whether a larger value of ``metric`` is an improvement."""
-    if metric.startswith(HIGHER_IS_BETTER):
-        return True
-    if metric.startswith(LOWER_IS_BETTER):
-        return False
+    d = direction(metric)
+    if d is not None:
+        return d == "higher"
     raise ConfigError(
         f"unknown metric {metric!r}: cannot tell whether higher or lower is better",
         f"use a metric named like {', '.join(p.rstrip('/') for p in LOWER_IS_BETTER + HIGHER_IS_BETTER)}",

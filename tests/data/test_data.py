@@ -54,6 +54,14 @@ def test_calibration_is_seeded_and_deterministic(tok):
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
+def test_mixed_calibration_draws_from_each_source(tok):
+    mixed = calibration_blocks(tok, "python-docs+shakespeare", n=5, seq_len=64, seed=0)
+    docs = calibration_blocks(tok, "python-docs", n=3, seq_len=64, seed=0)
+    plays = calibration_blocks(tok, "shakespeare", n=2, seq_len=64, seed=1)
+    assert mixed.shape == (5, 64)
+    assert torch.equal(mixed, torch.cat([docs, plays]))
+
+
 def test_train_calibration_and_eval_never_share_a_token_position(tok):
     seq = 128
     fit = token_ids(tok, "python-docs", "fit")

@@ -297,3 +297,19 @@ def test_truncated_smollm2_kd(smollm2, calib_small):
     train(s.model, t, calib_small[:6, :32], cfg, tokenizer=s.tokenizer)
     after = _kl(s.model, t.model, held)
     assert after < before  # measured 3.53 -> 2.01 (held-out windows)
+
+
+def test_plain_fine_tuning_never_runs_the_teacher(teacher, ids):
+    # the CE baseline of the benchmark must not pay for a teacher forward it throws away
+    calls = []
+    handle = teacher.model.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        s = drop_blocks(teacher, keep=2)
+        cfg = DistillConfig(losses={"ce": 1.0}, max_steps=2, batch_size=4, seq_len=24)
+        train(s.model, teacher.model, ids, cfg, tokenizer=s.tokenizer)
+        assert calls == []  # teacher forwards in 2 CE steps: 0
+        cfg = DistillConfig(losses={"kl": 1.0}, max_steps=2, batch_size=4, seq_len=24)
+        train(s.model, teacher.model, ids, cfg, tokenizer=s.tokenizer)
+        assert len(calls) == 2  # one per KD step
+    finally:
+        handle.remove()

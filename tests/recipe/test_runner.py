@@ -81,12 +81,20 @@ def test_other_recipe_refuses_to_resume_other_targets_recheck(tiny_dir, tmp_path
         run_recipe(other, run_dir, register=False, report=False)
     with pytest.raises(ConfigError, match="nothing to resume"):
         run_recipe(other, tmp_path / "fresh", resume=True, register=False, report=False)
-    with pytest.raises(ConfigError, match="--resume"):
-        run_recipe(parse_recipe(first), run_dir, resume=False, register=False, report=False)
     # same work, a new target: nothing re-runs, the finished model is judged again
     tighter = parse_recipe({**first, "targets": {"max_size_mb": 1}})
     res = run_recipe(tighter, run_dir, register=False, report=False)
     assert res.resumed_from == 1 and res.verdicts[0].status == "missed"
+    # --fresh replaces the old run (only a run dir: anything else is refused)
+    res = run_recipe(other, run_dir, resume=False, register=False, report=False)
+    assert res.resumed_from == 0 and (run_dir / "run.json").exists()
+    assert not list(tmp_path.glob(".run.discarded-*"))
+    (tmp_path / "notarun").mkdir()
+    (tmp_path / "notarun" / "keep.txt").write_text("mine")
+    for resume in (None, False):
+        with pytest.raises(ConfigError, match="not a run dir"):
+            run_recipe(other, tmp_path / "notarun", resume=resume, register=False, report=False)
+    assert (tmp_path / "notarun" / "keep.txt").read_text() == "mine"
 
 
 SCRIPT = """

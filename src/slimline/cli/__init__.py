@@ -48,6 +48,8 @@ def fail(err: SlimlineError) -> None:
 
 
 def main() -> None:
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # our own bars say what happens
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
         app()
     except SlimlineError as err:

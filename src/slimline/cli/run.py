@@ -17,7 +17,7 @@ def register(app: typer.Typer) -> None:
         resume: bool = typer.Option(
             None,
             "--resume/--fresh",
-            help="must resume / must start fresh (default: resume if same recipe)",
+            help="resume (must exist) / start fresh, replacing an old run (default: resume if same recipe)",
         ),
         no_register: bool = typer.Option(
             False, "--no-register", help="do not add it to the registry"

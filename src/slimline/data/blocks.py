@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -55,6 +56,13 @@ def _calib_starts(n_tokens: int, n: int, seq_len: int, seed: int) -> torch.Tenso
     return torch.randint(0, n_tokens - seq_len + 1, (n,), generator=g)
 
 
+def mixed_sources(source: str) -> list[str]:
+    """``"python-docs+shakespeare"`` -> both names; an existing path is one source even with '+'."""
+    if "+" not in source or Path(source).exists():
+        return [source]
+    return [p.strip() for p in source.split("+") if p.strip()]
+
+
 def calibration_blocks(
     tok: Any,
     source: str = "python-docs",
@@ -63,7 +71,20 @@ def calibration_blocks(
     seed: int = 0,
     field: str = "text",
 ) -> torch.Tensor:
-    """``n`` seeded windows of ``seq_len`` tokens at random offsets in the fit part of ``source``."""
+    """``n`` seeded windows of ``seq_len`` tokens at random offsets in the fit part of ``source``.
+
+    ``"a+b"`` mixes sources (n split evenly, the first ones take the remainder): calibrating on
+    more than one domain keeps GPTQ/AWQ from fitting the calibration domain alone.
+    """
+    parts = mixed_sources(source)
+    if len(parts) > 1 and n >= len(parts):
+        shares = [n // len(parts) + (i < n % len(parts)) for i in range(len(parts))]
+        return torch.cat(
+            [
+                calibration_blocks(tok, p, k, seq_len, seed + i, field)
+                for i, (p, k) in enumerate(zip(parts, shares, strict=True))
+            ]
+        )
     if n < 1:
         raise DataError(f"calibration needs at least 1 sample (got {n})", "pass n >= 1")
     if seq_len < 2:

@@ -218,15 +218,19 @@ def _objective(
         attentions=need_attn,
         value_layers=[s_layer] if w.get("value") else (),
     )
-    t: TeacherOutput = teacher(
-        ids,
-        mask,
-        logits=any(w.get(k) for k in LOGIT_LOSSES),
-        hidden=need_hidden or not causal,
-        attentions=need_attn,
-        value_layers=[t_layer] if w.get("value") else (),
-        indices=indices,
-    )
+    need_logits = any(w.get(k) for k in LOGIT_LOSSES)
+    if need_logits or need_hidden or need_attn or w.get("value"):
+        t: TeacherOutput = teacher(
+            ids,
+            mask,
+            logits=need_logits,
+            hidden=need_hidden or not causal,
+            attentions=need_attn,
+            value_layers=[t_layer] if w.get("value") else (),
+            indices=indices,
+        )
+    else:  # plain fine-tuning (ce only): a teacher forward would be thrown away
+        t = TeacherOutput()
     terms: dict[str, torch.Tensor] = {}
     T = cfg.temperature
     if w.get("kl"):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import ValidationError, field_validator, model_validator
+from pydantic import field_validator, model_validator
 from torch import nn
 
 from slimline.core import Context, TechniqueConfig, register_technique, select_modules
@@ -29,17 +29,6 @@ class PruneConfig(TechniqueConfig):
     sparsity_per_layer: dict[str, float] | None = None  # non-uniform allocation (sensitivity)
     targets: list[str] = []  # empty = every Linear inside the blocks
     ignore: list[str] = ["lm_head"]
-
-    def __init__(self, **data: Any):
-        try:
-            super().__init__(**data)
-        except ValidationError as e:
-            details = "; ".join(
-                f"{'.'.join(map(str, err['loc'])) or self.kind}: {err['msg']}" for err in e.errors()
-            )
-            raise ConfigError(
-                f"invalid {self.kind} config: {details}", "see `slimline techniques` for the fields"
-            ) from e
 
     @field_validator("sparsity")
     @classmethod

@@ -16,6 +16,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 from torch import nn
 
+from slimline.core import config_error
 from slimline.errors import ConfigError
 
 Kind = Literal["one_shot", "linear", "cubic"]
@@ -61,12 +62,7 @@ class PruningSchedule(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as e:
-            details = "; ".join(
-                f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()
-            )
-            raise ConfigError(
-                f"invalid pruning schedule: {details}", "fix the listed fields"
-            ) from e
+            raise config_error("pruning schedule", e) from e
 
     @field_validator("final_sparsity", "initial_sparsity")
     @classmethod

@@ -21,7 +21,7 @@ import math
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import ValidationError, field_validator
+from pydantic import field_validator
 from torch import nn
 
 from slimline.core import Context, TechniqueConfig, register_technique
@@ -498,16 +498,7 @@ def replay(model: Any, log: list[dict[str, Any]]) -> None:
 
 
 class _StructConfig(TechniqueConfig):
-    def __init__(self, **data: Any):
-        try:
-            super().__init__(**data)
-        except ValidationError as e:
-            details = "; ".join(
-                f"{'.'.join(map(str, err['loc'])) or self.kind}: {err['msg']}" for err in e.errors()
-            )
-            raise ConfigError(
-                f"invalid {self.kind} config: {details}", "see `slimline techniques` for the fields"
-            ) from e
+    """Structured pruning configs (invalid values raise ConfigError at construction)."""
 
 
 class PruneHeads(_StructConfig):

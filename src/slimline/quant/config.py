@@ -154,3 +154,52 @@ def summarize(model: nn.Module, layers: list[dict], scheme: QuantScheme) -> dict
         "paths": sorted({m.path for m in qls.values()}),
         "per_layer": layers,
     }
+
+
+def calibrated_apply(
+    model: nn.Module,
+    cfg: Any,
+    ctx: Context,
+    method: str,
+    make_stats: Callable[[str, int], Any],
+    quantize_block: Callable[[Any, dict[str, nn.Module], dict[str, Any], Undo, list[dict]], dict],
+) -> dict[str, Any]:
+    """The driver GPTQ and AWQ share: block by block on calibration data, gather each selected
+    linear's input statistics (``make_stats(name, in_features).add(x)``), then let
+    ``quantize_block(step, linears, stats, undo, layers)`` replace them; any failure restores the
+    model exactly."""
+    import time
+
+    from slimline.calib import run_blocks
+
+    t0 = time.perf_counter()
+    label = method.upper()
+    ids = calib_ids(ctx, label, cfg.min_calib_tokens)
+    selected = select_linears(model, cfg, blocks_only=True)
+    undo = Undo(model)
+    layers: list[dict[str, Any]] = []
+
+    def on_block(step: Any) -> dict[str, Any]:
+        lins = {n: m for n, m in step.linears().items() if n in selected}
+        if not lins:
+            return {}
+        stats = {n: make_stats(n, m.in_features) for n, m in lins.items()}
+
+        def hook(name: str, _m: nn.Module, inp: torch.Tensor, _out: Any) -> None:
+            stats[name].add(inp)
+
+        with step.capture(lins, hook):
+            step.forward()
+        return quantize_block(step, lins, stats, undo, layers)
+
+    try:
+        run_blocks(model, ids, on_block, batch_size=cfg.batch_size, device=ctx.device, desc=label)
+    except BaseException:
+        undo.rollback()
+        raise
+    return {
+        "method": method,
+        "seconds": time.perf_counter() - t0,
+        "calib_tokens": int(ids.numel()),
+        **summarize(model, layers, cfg.scheme()),
+    }

@@ -13,25 +13,22 @@ lazy block updates of ``block_size`` columns, upper Cholesky factor of ``H^-1``.
 
 from __future__ import annotations
 
-import time
 from typing import Any, ClassVar
 
 import torch
 from pydantic import Field
 from torch import nn
 
-from slimline.calib import BlockStep, run_blocks
+from slimline.calib import BlockStep
 from slimline.core import Context, register_technique
 from slimline.errors import DataError
 from slimline.quant import grid
 from slimline.quant.config import (
     Undo,
     WeightQuantConfig,
-    calib_ids,
+    calibrated_apply,
     check_finite_acts,
     layer_record,
-    select_linears,
-    summarize,
 )
 from slimline.quant.grid import QuantScheme
 from slimline.quant.linear import QuantLinear
@@ -155,12 +152,15 @@ class _HessianAccumulator:
         self.count = 0
 
     def add(self, x: torch.Tensor) -> None:
-        x = x.detach().reshape(-1, x.shape[-1]).double()
+        # one batch's x^T x in fp32 (2x faster than fp64 on AVX2, relative error ~1e-7 for 4096
+        # tokens), summed across batches in fp64: on SmolLM2 with 128 x 512 calibration tokens
+        # this GEMM, not the rounding, dominated GPTQ's wall time
+        x = x.detach().reshape(-1, x.shape[-1]).float()
         check_finite_acts(self.name, x)
         m = x.shape[0]
         self.h *= self.count / (self.count + m)
         self.count += m
-        self.h += (2.0 / self.count) * (x.T @ x)
+        self.h += (2.0 / self.count) * (x.T @ x).double()
 
 
 def layer_error(w: torch.Tensor, w_hat: torch.Tensor, h: torch.Tensor) -> float:
@@ -173,24 +173,15 @@ def layer_error(w: torch.Tensor, w_hat: torch.Tensor, h: torch.Tensor) -> float:
 @register_technique(Gptq)
 def apply_gptq(model: nn.Module, cfg: Gptq, ctx: Context) -> dict[str, Any]:
     """GPTQ: Hessian-aware rounding with error feedback, block by block on calibration data."""
-    t0 = time.perf_counter()
     scheme = cfg.scheme()
-    ids = calib_ids(ctx, "GPTQ", cfg.min_calib_tokens)
-    selected = select_linears(model, cfg, blocks_only=True)
-    undo = Undo(model)
-    layers: list[dict[str, Any]] = []
 
-    def on_block(step: BlockStep) -> dict[str, Any]:
-        lins = {n: m for n, m in step.linears().items() if n in selected}
-        if not lins:
-            return {}
-        accs = {n: _HessianAccumulator(n, m.in_features) for n, m in lins.items()}
-
-        def hook(name: str, _m: nn.Module, inp: torch.Tensor, _out: Any) -> None:
-            accs[name].add(inp)
-
-        with step.capture(lins, hook):
-            step.forward()
+    def quantize_block(
+        step: BlockStep,
+        lins: dict[str, nn.Module],
+        accs: dict[str, _HessianAccumulator],
+        undo: Undo,
+        layers: list[dict],
+    ) -> dict[str, Any]:
         for name, lin in lins.items():
             h = accs[name].h.float()
             codes, scale, zero = gptq_quantize(
@@ -218,14 +209,4 @@ def apply_gptq(model: nn.Module, cfg: Gptq, ctx: Context) -> dict[str, Any]:
             undo.replace(name, q)
         return {"layers": len(lins)}
 
-    try:
-        run_blocks(model, ids, on_block, batch_size=cfg.batch_size, device=ctx.device, desc="GPTQ")
-    except BaseException:
-        undo.rollback()
-        raise
-    return {
-        "method": "gptq",
-        "seconds": time.perf_counter() - t0,
-        "calib_tokens": int(ids.numel()),
-        **summarize(model, layers, scheme),
-    }
+    return calibrated_apply(model, cfg, ctx, "gptq", _HessianAccumulator, quantize_block)

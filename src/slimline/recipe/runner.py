@@ -13,6 +13,7 @@ import datetime as _dt
 import json
 import os
 import resource
+import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -95,23 +96,26 @@ class _Run:
     def open(self, resume: bool | None) -> None:
         f = self.dir / RUN_FILE
         digest = self.recipe.work_digest()
+        if not f.exists() and self.dir.is_dir() and any(self.dir.iterdir()):
+            raise ConfigError(
+                f"{self.dir} is not empty and is not a run dir (no {RUN_FILE})",
+                "choose another run dir with -o",
+            )
+        if f.exists() and resume is False:
+            self.discard()
         if f.exists():
             try:
                 old = json.loads(f.read_text())
             except (OSError, json.JSONDecodeError) as e:
                 raise ConfigError(
-                    f"{f} is unreadable ({e})", "remove the run dir or choose another with -o"
+                    f"{f} is unreadable ({e})",
+                    "start over with --fresh, or choose another dir with -o",
                 ) from e
             if old.get("work_digest") != digest:
                 raise ConfigError(
                     f"{self.dir} holds a run of another recipe ({old.get('recipe', {}).get('name')!r}, "
                     f"work digest {str(old.get('work_digest'))[:12]}); this recipe's is {digest[:12]}",
-                    "choose a new run dir with -o, or remove the old one",
-                )
-            if resume is False:
-                raise ConfigError(
-                    f"{self.dir} already holds a run of this recipe",
-                    "resume it with --resume, or choose a new run dir with -o",
+                    "replace it with --fresh, or choose a new run dir with -o",
                 )
             self.state = old
             # same work, maybe other targets or name: re-check against this recipe
@@ -135,6 +139,13 @@ class _Run:
         _write_text(
             self.dir / "recipe.yaml", yaml.safe_dump(self.recipe.to_dict(), sort_keys=False)
         )
+
+    def discard(self) -> None:
+        """``--fresh``: the old run dir goes (renamed first, so a crash never leaves half of it);
+        what it registered stays in the registry."""
+        trash = self.dir.with_name(f".{self.dir.name}.discarded-{os.getpid()}")
+        os.replace(self.dir, trash)
+        shutil.rmtree(trash, ignore_errors=True)
 
     def save_state(self) -> None:
         _write_json(self.dir / RUN_FILE, self.state)

@@ -31,22 +31,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from slimline.core import TechniqueConfig, get_technique, make_config, techniques
 from slimline.errors import ConfigError, ModelLoadError, SlimlineError
+from slimline.metrics import higher_is_better
 
-LOWER_IS_BETTER = ("ppl/", "bpb/", "kl/", "ece", "size/", "memory/", "flops/", "latency/prefill")
-HIGHER_IS_BETTER = ("acc/", "agree/", "cos/", "recall@", "passkey/", "latency/decode")
 QUALITY_METRICS = ("ppl", "bpb", "ece", "kl/teacher", "agree/top1")
-
-
-def higher_is_better(metric: str) -> bool:
-    """Direction of a metric named per DEVELOPING.md (``ppl/x`` lower, ``acc/x`` higher)."""
-    if metric.startswith(HIGHER_IS_BETTER):
-        return True
-    if metric.startswith(LOWER_IS_BETTER):
-        return False
-    raise ConfigError(
-        f"unknown metric {metric!r}: cannot tell whether higher or lower is better",
-        f"use a metric named like {', '.join(p.rstrip('/') for p in LOWER_IS_BETTER + HIGHER_IS_BETTER)}",
-    )
 
 
 class _Strict(BaseModel):

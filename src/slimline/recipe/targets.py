@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from slimline.recipe.schema import EngineLimit, Targets, higher_is_better, parse_quality_limit
+from slimline.metrics import higher_is_better
+from slimline.recipe.schema import EngineLimit, Targets, parse_quality_limit
 
 MET, MISSED, NOT_MEASURED = "met", "missed", "not measured"
 

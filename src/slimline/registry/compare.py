@@ -16,34 +16,7 @@ from typing import Any
 
 from slimline.artifact.spec import is_artifact, manifest_digest, read_manifest
 from slimline.errors import ConfigError
-
-# Name prefixes (before the first "/") whose metric is better when lower / higher.
-LOWER_IS_BETTER = (
-    "ppl",
-    "bpb",
-    "kl",
-    "latency",
-    "size",
-    "memory",
-    "ece",
-    "params",
-    "flops",
-    "loss",
-    "time",
-)
-HIGHER_IS_BETTER = ("agree", "acc", "cos", "recall", "passkey", "f1", "throughput", "score")
-
-
-def direction(metric: str) -> str | None:
-    """ "lower", "higher" or None (unknown) for a metric name such as ``ppl/python-docs``."""
-    if metric.endswith(("tok_s", "tokens_per_s", "per_s")):  # latency/decode_tok_s is a rate
-        return "higher"
-    head = metric.split("/", 1)[0].split("@", 1)[0].lower()
-    if head in LOWER_IS_BETTER:
-        return "lower"
-    if head in HIGHER_IS_BETTER:
-        return "higher"
-    return None
+from slimline.metrics import direction
 
 
 def _num(v: Any) -> float | None:

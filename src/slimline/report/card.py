@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from slimline.recipe.schema import higher_is_better
+from slimline.metrics import direction
 
 SECTIONS = (
     "Summary",
@@ -40,10 +40,8 @@ def scalar_metrics(m: dict[str, Any]) -> dict[str, float]:
 
 
 def _direction(metric: str) -> bool | None:
-    try:
-        return higher_is_better(metric)
-    except Exception:  # params/* and other counts have no better direction
-        return None
+    d = direction(metric)
+    return None if d is None else d == "higher"
 
 
 def trade_offs(base: dict[str, Any], final: dict[str, Any]) -> tuple[list[str], list[str]]:
