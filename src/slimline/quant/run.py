@@ -7,15 +7,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from slimline.core import Context
+import torch
+
+from slimline.core import Context, TechniqueConfig, apply_technique
 from slimline.errors import ConfigError, InputError
 from slimline.quant.api import quantize
 from slimline.quant.awq import Awq
 from slimline.quant.config import WeightQuantConfig
 from slimline.quant.gptq import Gptq
+from slimline.quant.mixed import MixedPrecision
 from slimline.quant.rtn import Rtn
+from slimline.quant.smoothquant import W8A8
 
 METHODS: dict[str, type[WeightQuantConfig]] = {"rtn": Rtn, "gptq": Gptq, "awq": Awq}
+OTHER_METHODS = ("w8a8", "mixed")  # int8 weights and activations; per-layer bits under a budget
 
 
 def make_quant_config(
@@ -25,11 +30,33 @@ def make_quant_config(
     symmetric: bool = True,
     targets: list[str] | None = None,
     ignore: list[str] | None = None,
-) -> WeightQuantConfig:
-    """The config for ``method`` (rtn | gptq | awq); ``group_size`` 0 or None = per channel."""
+    smooth_alpha: float | None = 0.5,
+    act: str = "dynamic",
+    avg_bits: float = 4.0,
+) -> TechniqueConfig:
+    """The config for ``method`` (rtn | gptq | awq | w8a8 | mixed); ``group_size`` 0 or None = per
+    channel. ``smooth_alpha``/``act`` are W8A8's, ``avg_bits`` is mixed precision's budget."""
+    if method == "w8a8":
+        kw8: dict[str, Any] = {"smooth_alpha": smooth_alpha, "act": act}
+        if targets:
+            kw8["targets"] = targets
+        if ignore is not None:
+            kw8["ignore"] = ignore
+        return W8A8(**kw8)
+    if method == "mixed":
+        return MixedPrecision(
+            avg_bits=avg_bits,
+            group_size=None if group_size in (None, 0) else group_size,
+            symmetric=symmetric,
+            targets=targets or [],
+            ignore=ignore if ignore is not None else ["lm_head"],
+        )
     cls = METHODS.get(method)
     if cls is None:
-        raise ConfigError(f"unknown quantization method {method!r}", f"use one of {list(METHODS)}")
+        raise ConfigError(
+            f"unknown quantization method {method!r}",
+            f"use one of {[*METHODS, *OTHER_METHODS]}",
+        )
     kw: dict[str, Any] = {
         "bits": bits,
         "group_size": None if group_size in (None, 0) else group_size,
@@ -56,12 +83,17 @@ def quantize_model(
     calib_samples: int = 128,
     seq_len: int = 512,
     seed: int = 0,
+    smooth_alpha: float | None = 0.5,
+    act: str = "dynamic",
+    avg_bits: float = 4.0,
 ) -> dict[str, Any]:
     """Quantize the model at ``model`` and save it as a slimline artifact at ``out``."""
     from slimline.artifact import save_artifact
     from slimline.models import load_model
 
-    cfg = make_quant_config(method, bits, group_size, symmetric, targets, ignore)
+    cfg = make_quant_config(
+        method, bits, group_size, symmetric, targets, ignore, smooth_alpha, act, avg_bits
+    )
     if Path(out).exists():
         raise InputError(f"{out} already exists", "choose a new output directory")
     lm = load_model(model)
@@ -76,7 +108,11 @@ def quantize_model(
         )
         fingerprint = data_fingerprint(ctx.calib)
     t0 = time.perf_counter()
-    record = quantize(lm.model, cfg, ctx=ctx)
+    if isinstance(cfg, WeightQuantConfig):
+        record = quantize(lm.model, cfg, ctx=ctx)
+    else:
+        with torch.no_grad():
+            record = apply_technique(lm.model, cfg, ctx)
     seconds = time.perf_counter() - t0
     manifest: dict[str, Any] = {
         "stages": [{k: v for k, v in record.items() if k != "per_layer"}],
@@ -91,10 +127,10 @@ def quantize_model(
     return {
         "out": str(out),
         "method": method,
-        "scheme": record["scheme"],
-        "layers": record["layers"],
-        "ragged_layers": len(record["ragged_layers"]),
-        "packed_bytes": record["packed_bytes"],
+        "scheme": record.get("scheme", cfg.kind),
+        "layers": record.get("layers", len(record.get("per_layer", []) or [])),
+        "ragged_layers": len(record.get("ragged_layers", [])),
+        "packed_bytes": record.get("packed_bytes"),
         "size_bytes": size,
         "digest": getattr(info, "digest", None),
         "seconds": round(seconds, 2),
