@@ -1,74 +1,210 @@
 """Distillation benchmark (BENCH.md data): does KD recover a cut SmolLM2 better than plain
 fine-tuning on the same tokens, and how close does a 3-layer MiniLM get to the 6-layer one?
 
-    python bench/distill.py --quick            # small eval, short runs (a few minutes each)
-    python bench/distill.py                    # BENCH.md protocol (64 x 512 eval windows)
+    python bench/distill.py --profile                     # where one training step spends time
+    python bench/distill.py --steps 32 --eval-windows 16  # SmolLM2 keep=20: KD vs CE, + MiniLM
 
 Prints a side-by-side table: teacher (fp32), the cut student, student + KD, student + CE on
-the same tokens; training tokens/s; MiniLM 6 -> 3 cosine / retrieval agreement; writes the
-recovery curve PNG and a JSON of every figure to bench/results/.
+the same tokens (same steps, batch, lr, schedule); training tokens/s (curve evaluations
+excluded); MiniLM 6 -> 3 cosine / retrieval agreement before and after. Writes the recovery
+curve PNG and a JSON of every figure to bench/results/, the JSON after each part so a run cut
+short keeps what it measured. Quality figures come from ``slimline.eval.evaluate``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from slimline.data import eval_blocks, sentences, train_blocks
-from slimline.distill import DistillConfig, LoopHook, drop_blocks, perplexity, train
-from slimline.models import embed, load_model
+from slimline.data import calibration_blocks, eval_blocks, sentences, train_blocks
+from slimline.distill import (
+    DistillConfig,
+    LoopHook,
+    Teacher,
+    angular_importance,
+    drop_blocks,
+    train,
+)
+from slimline.distill import losses as L
+from slimline.eval import evaluate
+from slimline.models import load_model
 
 RESULTS = Path(__file__).parent / "results"
+MACHINE = "2-core AVX2 CPU VM, shared with concurrent benchmark jobs"
+
+
+def utc() -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+
+
+def ppl(model: torch.nn.Module, windows: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Perplexity per dataset through the one evaluator (``suite="ppl"``: no ECE/KL work)."""
+    r = evaluate(model, data=windows, windows=10_000, suite="ppl", batch_size=4)
+    return {k: round(v, 3) for k, v in r.items() if k.startswith("ppl/")}
 
 
 class PplCurve(LoopHook):
-    """Records perplexity on a few eval windows every ``every`` steps (the recovery curve)."""
+    """Eval perplexity every ``every`` steps (the recovery curve); its time is kept apart so
+    training tokens/s does not include evaluation."""
 
     name = "curve"
 
-    def __init__(self, blocks: torch.Tensor, every: int):
-        self.blocks, self.every, self.points = blocks, every, []
+    def __init__(self, windows: dict[str, torch.Tensor], every: int):
+        self.windows, self.every = windows, every
+        self.points: list[tuple[int, float]] = []
+        self.seconds = 0.0
 
-    def on_start(self, model, step, max_steps):
-        self.points.append((0, perplexity(model, self.blocks)))
+    def _point(self, model: torch.nn.Module, step: int) -> None:
+        t0 = time.perf_counter()
+        value = next(iter(ppl(model, self.windows).values()))
+        self.seconds += time.perf_counter() - t0
+        self.points.append((step, value))
+        print(f"  curve step {step}: ppl {value:.2f}", flush=True)
 
-    def after_step(self, model, step):
-        if step % self.every == 0:
-            self.points.append((step, perplexity(model, self.blocks)))
-            model.train()
+    def on_start(self, model: torch.nn.Module, step: int, max_steps: int) -> None:
+        self.max_steps = max_steps
+        self._point(model, 0)
+
+    def after_step(self, model: torch.nn.Module, step: int) -> dict[str, Any] | None:
+        if step % self.every == 0 or step == self.max_steps:
+            self._point(model, step)
         return None
 
 
-def bench_smollm2(args: argparse.Namespace, keep: int) -> dict:
+# --- where one training step spends its time ------------------------------------------------------
+
+
+class _Clock:
+    """Wall time of consecutive named parts of one step."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, float] = {}
+        self.t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.times[name] = now - self.t
+        self.t = now
+
+
+def profile_step(args: argparse.Namespace) -> dict[str, Any]:
+    """Time the parts of one KD and one CE step (teacher forward under no_grad, student forward,
+    loss, backward, clip + AdamW) on the real cut model, median of ``reps`` after a warm-up."""
+    t = load_model("smollm2-135m")
+    teacher = Teacher(t)
+    data = train_blocks(t.tokenizer, "python-docs", seq_len=args.seq_len, seed=0)
+    out: dict[str, Any] = {
+        "keep": args.keep[0],
+        "batch_size": args.batch_size,
+        "seq_len": args.seq_len,
+        "threads": args.threads,
+        "utc": utc(),
+    }
+    for label in ("KD", "CE"):
+        student = drop_blocks(t, keep=args.keep[0]).model.train()
+        opt = torch.optim.AdamW(student.parameters(), lr=args.lr)
+        parts: dict[str, list[float]] = {}
+        for rep in range(args.profile_reps + 1):
+            ids = data[rep * args.batch_size : (rep + 1) * args.batch_size]
+            clock = _Clock()
+            if label == "KD":
+                t_logits = teacher(ids, None).logits
+                clock.lap("teacher forward")
+            s_logits = student(input_ids=ids).logits
+            clock.lap("student forward")
+            if label == "KD":
+                loss = L.soft_kl(s_logits, t_logits, 1.0)
+            else:
+                loss = L.cross_entropy(s_logits, ids)
+            clock.lap("loss")
+            loss.backward()
+            clock.lap("student backward")
+            torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            clock.lap("clip + AdamW step")
+            clock.times["total"] = sum(clock.times.values())
+            if rep:  # rep 0 is the warm-up
+                for k, v in clock.times.items():
+                    parts.setdefault(k, []).append(v)
+        med = {k: round(statistics.median(v), 3) for k, v in parts.items()}
+        tokens = args.batch_size * args.seq_len
+        out[label] = {"seconds": med, "tokens_per_s": round(tokens / med["total"], 1)}
+        print(f"{label} step ({args.batch_size} x {args.seq_len} tokens):", flush=True)
+        for k, v in med.items():
+            print(f"  {k:20s} {v:7.3f} s  {100 * v / med['total']:5.1f} %", flush=True)
+    return out
+
+
+# --- SmolLM2: cut, then KD vs CE on the same tokens ----------------------------------------------
+
+
+def bench_smollm2(
+    args: argparse.Namespace, keep: int, sink: list[dict[str, Any]], save: Any
+) -> dict[str, Any]:
     t = load_model("smollm2-135m")
     tok = t.tokenizer
-    n_eval, eval_len = (args.eval_windows or 8, 256) if args.quick else (64, 512)
     evals = {
-        "python-docs": eval_blocks(tok, "python-docs", seq_len=eval_len, max_blocks=n_eval),
-        "shakespeare": eval_blocks(tok, "shakespeare", seq_len=eval_len, max_blocks=n_eval),
+        name: eval_blocks(tok, name, seq_len=512, max_blocks=args.eval_windows)
+        for name in ("python-docs", "shakespeare")
     }
+    curve_windows = {"python-docs": evals["python-docs"][: args.curve_windows]}
     data = train_blocks(tok, "python-docs", seq_len=args.seq_len, seed=0, exclude_calib=128)
-    curve_blocks = evals["python-docs"][:2, :128]
-    rows: dict = {}
-    curves: dict = {}
+    res: dict[str, Any] = {
+        "keep": keep,
+        "eval": f"{args.eval_windows} x 512 tokens per dataset",
+        "curve_eval": f"python-docs, {args.curve_windows} x 512 tokens",
+        "train_blocks": int(data.shape[0]),
+        "rows": {},
+        "curves": {},
+        "utc_start": utc(),
+    }
+    sink.append(res)  # visible to `save` from the first row on
 
-    def measure(name: str, model: torch.nn.Module, extra: dict | None = None) -> None:
-        rows[name] = {f"ppl/{k}": round(perplexity(model, v), 3) for k, v in evals.items()}
-        rows[name]["params"] = sum(p.numel() for p in model.parameters())
-        rows[name].update(extra or {})
-        print(name, rows[name], flush=True)
-        partial = RESULTS / "distill_partial.json"
-        partial.write_text(
-            json.dumps({"keep": keep, "rows": rows, "curves": curves}, indent=2) + "\n"
-        )
+    def measure(name: str, model: torch.nn.Module, extra: dict[str, Any] | None = None) -> None:
+        row: dict[str, Any] = ppl(model, evals)
+        row["params"] = sum(p.numel() for p in model.parameters())
+        row.update(extra or {})
+        res["rows"][name] = row
+        print(name, row, flush=True)
+        save()
 
-    measure("teacher fp32 (30 blocks)", t.model)
-    cut = drop_blocks(t, keep=keep)
-    measure(f"cut to {keep} blocks (no training)", cut.model)
+    reused = _reused_rows(args.reuse_rows, res["eval"])
+    res["reused_from"] = reused.pop("_from", None)
+    teacher_name = "teacher fp32 (30 blocks)"
+    if teacher_name in reused:  # same model, same windows: measured by an earlier run
+        res["rows"][teacher_name] = reused[teacher_name]
+    else:
+        measure(teacher_name, t.model)
+    # Which 20 blocks to keep matters more than anything training can do in minutes: the evenly
+    # spaced cut and the angular-distance cut (Gromov et al. 2024) on the curve windows, then
+    # the full evaluation of the cut that is trained.
+    calib = calibration_blocks(tok, n=8, seq_len=128)
+    importance = angular_importance(t, calib)
+    res["angular_importance"] = [round(x, 4) for x in importance]
+    cuts: dict[str, dict[str, Any]] = {"even": {}, "angular": {"importance": importance}}
+    res["cut_ppl_on_curve_windows"] = reused.get("_cut_curve", {})
+    for how, kw in cuts.items():
+        cut = drop_blocks(t, keep=keep, **kw)
+        res[f"kept_blocks_{how}"] = cut.extra["student"]["kept_blocks"]
+        if how not in res["cut_ppl_on_curve_windows"]:
+            value = ppl(cut.model, curve_windows)["ppl/python-docs"]
+            res["cut_ppl_on_curve_windows"][how] = value
+        print(f"cut {keep}, {how}: curve-window ppl", res["cut_ppl_on_curve_windows"][how])
+        name = f"cut {keep}, {how} (no training)"
+        if how == args.cut:
+            if name in reused:
+                res["rows"][name] = reused[name]
+            else:
+                measure(name, cut.model)
+        del cut
+    res["trained_cut"] = args.cut
     common = dict(
         max_steps=args.steps,
         batch_size=args.batch_size,
@@ -78,59 +214,65 @@ def bench_smollm2(args: argparse.Namespace, keep: int) -> dict:
         schedule="cosine",
         seed=0,
         clip=1.0,
+        temperature=1.0,
     )
-    for label, losses in (("KD", {"kl": 1.0}), ("CE", {"ce": 1.0})):
-        s = drop_blocks(t, keep=keep)
-        hook = PplCurve(curve_blocks, max(1, args.steps // 6))
-        cfg = DistillConfig(losses=losses, temperature=1.0, **common)
+    res["config"] = common
+    runs = {"KD": {"kl": 1.0}, "CE": {"ce": 1.0}}
+    for label in args.runs:
+        losses = runs[label]
+        s = drop_blocks(t, keep=keep, **cuts[args.cut])
+        hook = PplCurve(curve_windows, max(1, args.steps // args.curve_points))
+        cfg = DistillConfig(losses=losses, **common)
+        print(f"training {label}: {args.steps} steps of {args.batch_size} x {args.seq_len}")
         r = train(s.model, t, data, cfg, hooks=[hook], tokenizer=tok)
-        curves[label] = hook.points
+        res["curves"][label] = hook.points
+        train_s = r.seconds - hook.seconds
         measure(
-            f"cut + {label} {r.steps} steps",
+            f"{args.cut} cut + {label} ({r.steps} steps)",
             s.model,
             {
                 "train_tokens": r.tokens,
-                "train_s": round(r.seconds, 1),
-                "tokens_per_s (incl. curve evals)": round(r.tokens / r.seconds, 1),
+                "train_s": round(train_s, 1),
+                "tokens_per_s": round(r.tokens / train_s, 1),
+                "first_loss": round(r.losses[0], 4),
+                "last_loss": round(r.losses[-1], 4),
             },
         )
-    return {"keep": keep, "rows": rows, "curves": curves, "eval": f"{n_eval} x {eval_len}"}
+        del s
+    res["utc_end"] = utc()
+    return res
 
 
-@torch.no_grad()
-def _retrieval(lm, texts) -> tuple[torch.Tensor, torch.Tensor]:
-    enc = lm.tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
-    e = torch.cat(
-        [
-            embed(lm, enc["input_ids"][i : i + 32], enc["attention_mask"][i : i + 32])
-            for i in range(0, len(texts), 32)
-        ]
-    )
-    sim = e @ e.T
-    sim.fill_diagonal_(-2)
-    return e, sim.topk(10, dim=-1).indices
+def _reused_rows(path: str | None, eval_desc: str) -> dict[str, Any]:
+    """Rows of untrained models (teacher, cuts) from an earlier result JSON of this script, if it
+    evaluated on the same windows: a second process can then train without re-measuring them."""
+    if not path:
+        return {}
+    prev = json.loads(Path(path).read_text())
+    for res in prev.get("smollm2", []):
+        if res.get("eval") != eval_desc:
+            continue
+        rows = {n: r for n, r in res.get("rows", {}).items() if "train_tokens" not in r}
+        rows["_from"] = f"{Path(path).name}, run of {prev.get('utc_start')}: {sorted(rows)}"
+        rows["_cut_curve"] = dict(res.get("cut_ppl_on_curve_windows", {}))
+        return rows
+    raise SystemExit(f"{path} has no rows measured on {eval_desc}")
 
 
-def bench_minilm(args: argparse.Namespace) -> dict:
+# --- MiniLM: 6 -> 3 layers -----------------------------------------------------------------------
+
+
+def bench_minilm(args: argparse.Namespace) -> dict[str, Any]:
     t = load_model("minilm-l6")
-    held = sentences("python-docs", "eval", n=256)
-    fit = sentences("python-docs", "fit", n=2000)
-    e_t, nn_t = _retrieval(t, held)
+    fit = sentences("python-docs", "fit", n=args.minilm_sentences)
     s = drop_blocks(t, keep=3)
 
-    def score(lm) -> dict:
-        e_s, nn_s = _retrieval(lm, held)
-        top1 = (nn_s[:, 0] == nn_t[:, 0]).float().mean().item()
-        overlap = sum(
-            len(set(a.tolist()) & set(b.tolist())) for a, b in zip(nn_s, nn_t, strict=True)
-        )
-        return {
-            "cos/teacher": round((e_s * e_t).sum(-1).mean().item(), 4),
-            "agree/top1 neighbour": round(top1, 4),
-            "recall@10/teacher": round(overlap / (10 * len(held)), 4),
-        }
+    def score(lm: Any) -> dict[str, float]:
+        r = evaluate(lm, data=["python-docs"], reference=t, n_sentences=256, seq_len=128)
+        return {k: round(v, 4) for k, v in r.items()}
 
     before = score(s)
+    print("minilm before", before, flush=True)
     enc = t.tokenizer(fit, padding=True, truncation=True, max_length=128, return_tensors="pt")
     cfg = DistillConfig(
         losses={"embed": 1.0, "hidden": 1.0},
@@ -138,23 +280,28 @@ def bench_minilm(args: argparse.Namespace) -> dict:
         batch_size=16,
         seq_len=128,
         lr=1e-4,
-        warmup_steps=5,
+        warmup_steps=max(1, args.minilm_steps // 10),
         seed=0,
     )
     r = train(s.model, t, dict(enc), cfg, tokenizer=t.tokenizer)
     after = score(s)
+    print("minilm after", after, flush=True)
     return {
         "before": before,
         "after": after,
         "steps": r.steps,
+        "batch_size": 16,
+        "max_len": 128,
         "train_s": round(r.seconds, 1),
-        "tokens_per_s": round(r.tokens / r.seconds, 1),
+        "tokens_per_s (non-pad)": round(r.tokens / r.seconds, 1),
         "train_sentences": len(fit),
-        "eval_sentences": len(held),
+        "eval": "256 held-out python-docs paragraphs (second half), max 128 tokens",
+        "first_loss": round(r.losses[0], 4),
+        "last_loss": round(r.losses[-1], 4),
     }
 
 
-def plot(curves: dict, path: Path, title: str) -> None:
+def plot(curves: dict[str, list], path: Path, title: str, ylabel: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -165,78 +312,159 @@ def plot(curves: dict, path: Path, title: str) -> None:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
     ax.set_yscale("log")
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("python-docs perplexity (2 x 128-token windows)")
-    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def print_tables(out: dict[str, Any]) -> None:
+    for res in out["smollm2"]:
+        print(f"\nSmolLM2-135M -> {res['keep']}/30 blocks; eval {res['eval']}; {out['mode']}")
+        head = f"{'model':30s} {'params':>11s} {'ppl/python-docs':>16s} {'ppl/shakespeare':>16s}"
+        print(head + f" {'train tokens':>12s} {'tok/s':>7s}")
+        base = res["rows"].get("teacher fp32 (30 blocks)", {})
+        for name, r in res["rows"].items():
+            toks, tps = r.get("train_tokens", ""), r.get("tokens_per_s", "")
+            print(
+                f"{name:30s} {r['params']:>11,d} {r['ppl/python-docs']:>16.3f} "
+                f"{r['ppl/shakespeare']:>16.3f} {toks!s:>12s} {tps!s:>7s}"
+            )
+        for how, v in res.get("cut_ppl_on_curve_windows", {}).items():
+            print(
+                f"  cut {how} (blocks {res.get(f'kept_blocks_{how}')}): ppl {v:.2f} on curve windows"
+            )
+        kd = next((r for n, r in res["rows"].items() if "KD" in n), None)
+        ce = next((r for n, r in res["rows"].items() if "CE" in n), None)
+        if kd and ce and base:
+            for d in ("python-docs", "shakespeare"):
+                k, c, b = kd[f"ppl/{d}"], ce[f"ppl/{d}"], base[f"ppl/{d}"]
+                print(
+                    f"  {d}: KD/CE ppl ratio {k / c:.3f} ({'KD wins' if k < c else 'CE wins'}); "
+                    f"KD/teacher {k / b:.3f}, CE/teacher {c / b:.3f}"
+                )
+    if out.get("minilm"):
+        m = out["minilm"]
+        print(f"\nMiniLM-L6 -> 3 layers ({m['steps']} steps, {m['tokens_per_s (non-pad)']} tok/s)")
+        for k in m["before"]:
+            print(f"  {k:24s} before {m['before'][k]:.4f}  after {m['after'][k]:.4f}")
+    print(
+        "\nNo peer distillation tool is installed here: the baseline is plain cross-entropy "
+        "fine-tuning on the same tokens (same steps, batch, lr, schedule, data order)."
+    )
+
+
+def merge(paths: list[str], target: Path, args: argparse.Namespace) -> None:
+    """One table and one curve from runs that trained KD and CE in separate processes on the
+    same cut, data order, windows and settings (checked)."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    out = {**parts[0], "merged_from": paths, "utc_end": utc()}
+    base = out["smollm2"][0] = dict(parts[0]["smollm2"][0])
+    base["rows"], base["curves"] = dict(base["rows"]), dict(base["curves"])
+    for other in parts[1:]:
+        res = other["smollm2"][0]
+        for key in ("keep", "eval", "curve_eval", "config", "kept_blocks_angular", "trained_cut"):
+            if res.get(key) != base.get(key):
+                raise SystemExit(f"cannot merge: {key} differs ({res.get(key)} vs {base.get(key)})")
+        for name, row in res["rows"].items():
+            base["rows"].setdefault(name, row)
+        base["curves"].update(res["curves"])
+    target.write_text(json.dumps(out, indent=2) + "\n")
+    png = target.with_name(f"distill_recovery_keep{base['keep']}.png")
+    cfg = base["config"]
+    plot(
+        base["curves"],
+        png,
+        f"SmolLM2-135M cut to {base['keep']}/30 blocks ({base['trained_cut']}): KD vs CE, same "
+        f"tokens\n{cfg['max_steps']} steps x {cfg['batch_size']} x {cfg['seq_len']}, lr {cfg['lr']}",
+        f"python-docs perplexity ({base['curve_eval'].split(', ')[1]})",
+    )
+    print_tables(out)
+    print(f"\nwrote {target} and {png}")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--profile", action="store_true", help="only time the parts of one step")
+    ap.add_argument("--profile-reps", type=int, default=2)
     ap.add_argument("--keep", type=int, nargs="+", default=[20])
-    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--cut", choices=("angular", "even"), default="angular", help="cut to train")
+    ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--seq-len", type=int, default=None)
-    ap.add_argument("--lr", type=float, default=1e-4)
-    ap.add_argument("--minilm-steps", type=int, default=None)
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--eval-windows", type=int, default=16, help="512-token windows per dataset")
+    ap.add_argument("--curve-windows", type=int, default=4)
+    ap.add_argument("--curve-points", type=int, default=4)
+    ap.add_argument("--minilm-steps", type=int, default=40)
+    ap.add_argument("--minilm-sentences", type=int, default=2000)
     ap.add_argument("--skip-minilm", action="store_true")
+    ap.add_argument("--skip-smollm2", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument(
-        "--eval-windows", type=int, default=None, help="quick mode: windows per dataset"
+        "--reuse-rows",
+        "--teacher-row",
+        dest="reuse_rows",
+        help="reuse the teacher / cut rows of this earlier result JSON (same eval windows)",
     )
+    ap.add_argument("--runs", nargs="+", choices=("KD", "CE"), default=["KD", "CE"])
+    ap.add_argument("--merge", nargs="+", help="merge result JSONs (KD and CE runs) and plot")
     ap.add_argument("--tag", default="", help="suffix of the result files")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    args.steps = args.steps or (24 if args.quick else 400)
-    args.seq_len = args.seq_len or (128 if args.quick else 512)
-    args.minilm_steps = args.minilm_steps or (30 if args.quick else 300)
     RESULTS.mkdir(exist_ok=True)
-    mode = ("quick" if args.quick else "full") + (f"-{args.tag}" if args.tag else "")
-    out = {"mode": mode, "args": vars(args), "smollm2": [], "minilm": None}
+    suffix = f"_{args.tag}" if args.tag else ""
+    if args.profile:
+        prof = profile_step(args)
+        prof["machine"] = MACHINE
+        path = RESULTS / f"distill_profile{suffix}.json"
+        path.write_text(json.dumps(prof, indent=2) + "\n")
+        print(f"wrote {path}")
+        return
+    if args.merge:
+        merge(args.merge, RESULTS / f"distill{suffix}.json", args)
+        return
+    mode = f"keep={args.keep} steps={args.steps} batch={args.batch_size} seq={args.seq_len}"
+    out: dict[str, Any] = {
+        "mode": mode,
+        "machine": MACHINE,
+        "torch_threads": args.threads,
+        "args": vars(args),
+        "utc_start": utc(),
+        "smollm2": [],
+        "minilm": None,
+    }
     t0 = time.time()
-    path = RESULTS / f"distill_{mode}.json"
+    path = RESULTS / f"distill{suffix}.json"
 
     def save() -> None:  # after each part, so a long run that is cut short keeps what it measured
         out["wall_s"] = round(time.time() - t0, 1)
         path.write_text(json.dumps(out, indent=2) + "\n")
 
+    if not args.skip_smollm2:
+        for keep in args.keep:
+            res = bench_smollm2(args, keep, out["smollm2"], save)
+            save()
+            png = RESULTS / f"distill_recovery_keep{keep}{suffix}.png"
+            plot(
+                res["curves"],
+                png,
+                f"SmolLM2-135M cut to {keep}/30 blocks: KD vs CE, same tokens\n"
+                f"{args.steps} steps x {args.batch_size} x {args.seq_len}, lr {args.lr}",
+                f"python-docs perplexity ({args.curve_windows} x 512 tokens)",
+            )
+            res["png"] = str(png.relative_to(RESULTS.parent.parent))
+            save()
     if not args.skip_minilm:
         out["minilm"] = bench_minilm(args)
-        print("minilm", out["minilm"], flush=True)
         save()
-    for keep in args.keep:
-        res = bench_smollm2(args, keep)
-        out["smollm2"].append(res)
-        save()
-        plot(
-            res["curves"],
-            RESULTS / f"distill_recovery_keep{keep}{'-' + args.tag if args.tag else ''}.png",
-            f"SmolLM2-135M cut to {keep}/30 blocks: KD vs CE ({mode})",
-        )
+    out["utc_end"] = utc()
     save()
-    print()
-    for res in out["smollm2"]:
-        print(f"SmolLM2-135M -> {res['keep']} blocks, eval {res['eval']} tokens, mode {mode}")
-        print(
-            f"{'model':38s} {'params':>11s} {'ppl/python-docs':>16s} {'ppl/shakespeare':>16s} {'tok/s':>8s}"
-        )
-        for name, r in res["rows"].items():
-            tps = next((v for k, v in r.items() if k.startswith("tokens_per_s")), "")
-            print(
-                f"{name:38s} {r['params']:>11,d} {r['ppl/python-docs']:>16.3f} "
-                f"{r['ppl/shakespeare']:>16.3f} {tps!s:>8s}"
-            )
-    if out["minilm"]:
-        m = out["minilm"]
-        print(f"\nMiniLM-L6 -> 3 layers ({m['steps']} steps, {m['tokens_per_s']} tok/s)")
-        for k in m["before"]:
-            print(f"{k:24s} before {m['before'][k]:.4f}  after {m['after'][k]:.4f}")
-    print(
-        f"\nwall {out['wall_s']} s; no peer distillation tool is installed here: the baseline is "
-        "plain cross-entropy fine-tuning on the same tokens (same steps, lr, schedule)"
-    )
+    print_tables(out)
+    print(f"\nwall {out['wall_s']} s; {MACHINE}; torch threads {args.threads}; {out['utc_end']}")
 
 
 if __name__ == "__main__":

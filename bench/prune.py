@@ -1,246 +1,392 @@
-"""Pruning benchmark (BENCH.md protocol): SmolLM2-135M-Instruct, unstructured 50% and 2:4 with
-magnitude / Wanda / SparseGPT, and structured MLP-channel removal vs the dense model.
+"""Pruning benchmark (BENCH.md protocol) on SmolLM2-135M-Instruct.
 
-    python bench/prune.py --quick          # 8 python-docs + 4 Hamlet eval windows, 3 timing runs
-    python bench/prune.py                  # full protocol: 64 + 64 eval windows, 5 timing runs
+1. Unstructured 50% and 2:4 with magnitude / Wanda / SparseGPT: perplexity (slimline.eval),
+   prune wall seconds and process peak RSS, non-zero parameters, and bytes on disk of the saved
+   artifact with ``SparseLinear`` storage (bitmask + non-zeros) vs the dense fp32 artifact.
+2. Structured removal (MLP channels 25% / 50%, attention heads 25%, no recovery): parameters,
+   bytes on disk, perplexity, analytic FLOPs per token (slimline.profile) and measured prefill /
+   decode speed vs dense, interleaved A B A B in one run so contention hits all models alike.
+3. Optional: the per-layer sensitivity sweep, its table and PNG.
 
-Calibration is 32 x 512 tokens of python-docs (seed 0), as llm-compressor's figures in
-PEERS.md (Wanda 50% 25.392, SparseGPT 2:4 29.649 on 64 python-docs windows). llm-compressor is
-not installed here, so its figures are quoted from PEERS.md, not re-measured in this run.
+    python bench/prune.py --windows 16 --json bench/results/prune_w16.json
+    python bench/prune.py --windows 64 --datasets python-docs --configs wanda:50%,sparsegpt:2:4 \
+        --skip-structured --json bench/results/prune_w64_peer.json
+    python bench/prune.py --skip-unstructured --skip-structured --sensitivity 0.3,0.5,0.7
+    python bench/prune.py --skip-unstructured --timing-only --runs 3   # structured speed only
+
+Calibration is 32 x 512 tokens of python-docs (seed 0), as llm-compressor's runs in PEERS.md
+(Wanda 50% 25.392, SparseGPT 2:4 29.649 on 64 python-docs windows). llm-compressor does not
+install beside our transformers, so its figures are QUOTED from PEERS.md, not re-measured here.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import datetime as dt
 import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 PEERS = {("wanda", "50%"): 25.392, ("sparsegpt", "2:4"): 29.649}
+DENSE_PEER_PPL = 12.781  # PEERS.md fp32 on 64 python-docs windows
+
+
+def now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+class Recorder:
+    """Results dict written to JSON after every row, so a cut-off run still leaves figures."""
+
+    def __init__(self, path: str | None, head: dict[str, Any]):
+        self.path = Path(path) if path else None
+        self.data: dict[str, Any] = dict(head)
+
+    def put(self, key: str, value: Any) -> None:
+        self.data[key] = value
+        self.flush()
+
+    def append(self, key: str, value: Any) -> None:
+        self.data.setdefault(key, []).append(value)
+        self.flush()
+
+    def flush(self) -> None:
+        if self.path is None:
+            return
+        self.data["updated"] = now()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=2, default=str))
+        tmp.replace(self.path)
+
+
+def ppl(model: torch.nn.Module, tok: Any, windows: dict[str, torch.Tensor]) -> dict[str, float]:
+    from slimline.eval import evaluate
+
+    res = evaluate(model, data=windows, suite="ppl", tokenizer=tok)
+    return {k: v for k, v in res.items() if k.startswith("ppl/")}
+
+
+def artifact_bytes(model: torch.nn.Module, tok: Any, stages: Any) -> tuple[int, int]:
+    """Bytes on disk (all files) of the model saved as a slimline artifact, and of its weights
+    file(s) only; written to a temp dir and deleted."""
+    from slimline.artifact import save_artifact
+    from slimline.profile.static import size_on_disk
+
+    with tempfile.TemporaryDirectory(dir="/tmp") as d:
+        out = Path(d) / "a"
+        save_artifact(model, tok, out, manifest={"stages": stages})
+        total = size_on_disk(out)
+        weights = sum(f.stat().st_size for f in out.rglob("*.safetensors"))
+    return total, weights
+
+
+def hf_bytes(model: torch.nn.Module) -> int:
+    from slimline.profile.static import size_on_disk
+
+    with tempfile.TemporaryDirectory(dir="/tmp") as d:
+        model.save_pretrained(d)
+        return size_on_disk(d)
 
 
 @torch.inference_mode()
-def ppl(model, blocks) -> float:
-    from slimline.eval.api import hf_perplexity
+def interleaved_timings(
+    models: dict[str, torch.nn.Module],
+    runs: int,
+    threads: int = 2,
+    seq_len: int = 512,
+    new_tokens: int = 64,
+) -> dict[str, dict[str, float]]:
+    """BENCH.md speed protocol with slimline.profile's helpers (same inputs as ``profile``:
+    seeded random ids; 512-token prefill; 64 greedy tokens after a 32-token prompt with the KV
+    cache), but the models take turns A B A B within every round; round 0 is the warm-up."""
+    from slimline.profile.runtime import greedy_decode, summary, torch_threads
 
-    return hf_perplexity(model, blocks)
-
-
-def linear_macs(model) -> int:
-    """Multiply-accumulates per token in the Linear layers (attention scores excluded)."""
-    return sum(
-        m.in_features * m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear)
-    )
-
-
-@torch.inference_mode()
-def timings(models: dict, runs: int, tok_prompt) -> dict:
-    """Prefill of 512 tokens and greedy decode of 64 tokens after a 32-token prompt, models
-    interleaved A B A B so contention hits all alike; median/min/max of ``runs`` after a warm-up."""
-    prefill = {k: [] for k in models}
-    decode = {k: [] for k in models}
-    ids512 = tok_prompt[:, :512]
-    ids32 = tok_prompt[:, :32]
-    for r in range(runs + 1):
-        for k, m in models.items():
-            t = time.perf_counter()
-            m(input_ids=ids512, use_cache=False)
-            p = time.perf_counter() - t
-            t = time.perf_counter()
-            out = m.generate(ids32, max_new_tokens=64, min_new_tokens=64, do_sample=False)
-            d = time.perf_counter() - t
-            assert out.shape[1] == 96
-            if r:  # the first round is the warm-up
-                prefill[k].append(p * 1000)
-                decode[k].append(64 / d)
+    vocab = int(next(iter(models.values())).get_input_embeddings().num_embeddings)
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (1, seq_len), generator=gen)
+    prompt = torch.randint(0, vocab, (1, 32), generator=gen)
+    pre: dict[str, list[float]] = {k: [] for k in models}
+    dec: dict[str, list[float]] = {k: [] for k in models}
+    with torch_threads(threads):
+        for r in range(runs + 1):
+            for k, m in models.items():
+                t0 = time.perf_counter()
+                m(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+                p = time.perf_counter() - t0
+                _, t_steps, out = greedy_decode(m, prompt, new_tokens)
+                assert out.shape[1] == new_tokens
+                if r:
+                    pre[k].append(1000 * p)
+                    dec[k].append((new_tokens - 1) / t_steps)
+            print(f"  timing round {r}/{runs} done", flush=True)
     res = {}
     for k in models:
+        sp, sd = summary(pre[k]), summary(dec[k])
         res[k] = {
-            "prefill_ms": statistics.median(prefill[k]),
-            "prefill_ms_min": min(prefill[k]),
-            "prefill_ms_max": max(prefill[k]),
-            "decode_tok_s": statistics.median(decode[k]),
-            "decode_tok_s_min": min(decode[k]),
-            "decode_tok_s_max": max(decode[k]),
+            "prefill_ms": sp["median"],
+            "prefill_ms_min": sp["min"],
+            "prefill_ms_max": sp["max"],
+            "decode_tok_s": sd["median"],
+            "decode_tok_s_min": sd["min"],
+            "decode_tok_s_max": sd["max"],
+            "prefill_ms_all": pre[k],
+            "decode_tok_s_all": dec[k],
         }
     return res
 
 
-def dir_bytes(model, tokenizer=None) -> int:
-    with tempfile.TemporaryDirectory() as d:
-        model.save_pretrained(d)
-        return sum(p.stat().st_size for p in Path(d).rglob("*") if p.is_file())
+def make_cfg(item: str) -> tuple[str, str, Any]:
+    from slimline.prune import Magnitude, SparseGpt, Wanda
+
+    cls = {"magnitude": Magnitude, "wanda": Wanda, "sparsegpt": SparseGpt}
+    meth, _, pat = item.partition(":")
+    if meth not in cls or not pat:
+        raise SystemExit(f"cannot read config {item!r}: use method:50% or method:2:4")
+    if ":" in pat:
+        return meth, pat, cls[meth](pattern=pat)
+    return meth, pat, cls[meth](sparsity=float(pat.rstrip("%")) / 100)
+
+
+def run_unstructured(args, lm, calib, windows, base, rec: Recorder) -> None:
+    from slimline.profile.runtime import RssSampler
+    from slimline.profile.static import param_stats
+    from slimline.prune import prune, to_sparse
+
+    dense, tok = lm.model, lm.tokenizer
+    if not args.no_artifacts:
+        t0 = time.perf_counter()
+        a_total, a_w = artifact_bytes(dense, tok, [])
+        rec.put("dense_artifact", {"bytes": a_total, "weight_bytes": a_w})
+        print(f"dense artifact {a_total:,} bytes ({time.perf_counter() - t0:.0f}s)", flush=True)
+    for item in args.configs.split(","):
+        meth, pat, cfg = make_cfg(item)
+        m = copy.deepcopy(dense)
+        with RssSampler() as rss:
+            t0 = time.perf_counter()
+            r = prune(m, cfg, data=None if meth == "magnitude" else calib)
+            secs = time.perf_counter() - t0
+        stats = param_stats(m)
+        row: dict[str, Any] = {
+            "method": meth,
+            "config": pat,
+            "prune_s": secs,
+            "prune_peak_rss_mb": rss.peak / 2**20,
+            "sparsity": r.get("sparsity"),
+            "params/total": stats.total,
+            "params/nonzero": stats.nonzero,
+        }
+        t0 = time.perf_counter()
+        row.update(ppl(m, tok, windows))
+        row["eval_s"] = time.perf_counter() - t0
+        if not args.no_artifacts:
+            st = to_sparse(m)
+            row["sparse_modules"] = len(st["modules"])
+            row["sparse_weight_bytes"] = st["sparse_weight_bytes"]
+            row["dense_weight_bytes_of_those"] = st["dense_weight_bytes"]
+            row["artifact_bytes"], row["artifact_weight_bytes"] = artifact_bytes(m, tok, [r])
+        rec.append("unstructured", row)
+        print(
+            f"{meth:10s} {pat:4s} "
+            + " ".join(f"{k} {v:.3f}" for k, v in row.items() if k.startswith("ppl/"))
+            + f"  prune {secs:.0f}s  rss {row['prune_peak_rss_mb']:.0f}MB"
+            + f"  sparsity {row['sparsity']:.4f}"
+            + (f"  artifact {row['artifact_bytes']:,}B" if "artifact_bytes" in row else ""),
+            flush=True,
+        )
+        del m
+
+
+def run_structured(args, lm, calib, windows, base, rec: Recorder) -> None:
+    from slimline.profile.static import flops_per_token, param_stats
+    from slimline.prune import PruneHeads, PruneMlp, prune
+
+    dense, tok, arch = lm.model, lm.tokenizer, lm.arch
+    cal = calib[: args.struct_calib]
+    models: dict[str, torch.nn.Module] = {"dense": dense}
+    rows: dict[str, dict[str, Any]] = {"dense": {"prune_s": 0.0, **base}}
+    for spec in args.structured.split(","):
+        kind, _, amt = spec.partition("=")
+        amount = float(amt)
+        imp = "magnitude" if args.timing_only else "activation"
+        cls = PruneMlp if kind == "mlp" else PruneHeads
+        cfg = cls(amount=amount, importance=imp)
+        key = f"{kind}-{round(amount * 100)}%"
+        m = copy.deepcopy(dense)
+        t0 = time.perf_counter()
+        r = prune(m, cfg, data=cal)
+        secs = time.perf_counter() - t0
+        models[key] = m
+        rows[key] = {"prune_s": secs, "record": {k: v for k, v in r.items() if k != "per_block"}}
+        if not args.timing_only:  # speed does not depend on which channels go
+            rows[key].update(ppl(m, tok, windows))
+        print(
+            f"{key}: prune {secs:.0f}s "
+            + " ".join(f"{k} {v:.3f}" for k, v in rows[key].items() if k.startswith("ppl/")),
+            flush=True,
+        )
+        rec.put("structured", rows)
+    for k, m in models.items():
+        st = param_stats(m)
+        rows[k]["params"] = st.total
+        rows[k]["hf_bytes"] = hf_bytes(m)
+        rows[k]["flops_prefill"] = flops_per_token(m, arch, 512)["total"]
+        rows[k]["flops_decode"] = flops_per_token(m, arch, 96, mode="decode")["total"]
+        rows[k]["flops_linear"] = flops_per_token(m, arch, 512)["linear"]
+    rec.put("structured", rows)
+    tm = interleaved_timings(models, args.runs, args.threads)
+    for k in models:
+        rows[k].update(tm[k])
+    rec.put("structured", rows)
+
+
+def run_sensitivity(args, lm, calib, rec: Recorder) -> None:
+    from slimline.prune import allocate, sensitivity_sweep
+
+    sps = [float(s) for s in args.sensitivity.split(",")]
+    t0 = time.perf_counter()
+    sw = sensitivity_sweep(lm.model, calib[: args.sens_calib], sparsities=sps, method="wanda")
+    secs = time.perf_counter() - t0
+    png = sw.plot(args.png)
+    print(sw.table(), flush=True)
+    alloc = allocate(sw, 0.5) if max(sps) >= 0.5 else None
+    rec.put(
+        "sensitivity",
+        {
+            "seconds": secs,
+            "calib": [args.sens_calib, 512],
+            "png": str(png),
+            **sw.to_dict(),
+            "allocation_at_50": alloc,
+        },
+    )
+    print(f"sensitivity sweep {secs:.0f}s -> {png}", flush=True)
+
+
+def print_tables(data: dict[str, Any]) -> None:
+    base = data.get("dense", {})
+    names = [k for k in base if k.startswith("ppl/")] if base else []
+    if "unstructured" in data:
+        print(
+            "\n| method | config | "
+            + " | ".join(f"{n} (x fp32)" for n in names)
+            + " | llm-compressor python-docs (PEERS.md, 64 win) | prune s | peak RSS MB "
+            "| non-zero params | artifact MB (sparse) | dense artifact MB |"
+        )
+        print("|---" * (len(names) + 8) + "|")
+        da = data.get("dense_artifact", {}).get("bytes")
+        print(
+            "| fp32 dense | - | "
+            + " | ".join(f"{base[n]:.3f}" for n in names)
+            + f" | {DENSE_PEER_PPL} | - | - | - | - | {'' if da is None else f'{da / 1e6:.1f}'} |"
+        )
+        for r in data["unstructured"]:
+            peer = PEERS.get((r["method"], r["config"]))
+            ab = r.get("artifact_bytes")
+            print(
+                f"| {r['method']} | {r['config']} | "
+                + " | ".join(f"{r[n]:.3f} ({r[n] / base[n]:.2f})" for n in names)
+                + f" | {'' if peer is None else peer} | {r['prune_s']:.0f} | "
+                f"{r['prune_peak_rss_mb']:.0f} | {r['params/nonzero'] / 1e6:.1f}M | "
+                f"{'' if ab is None else f'{ab / 1e6:.1f}'} | {'' if da is None else f'{da / 1e6:.1f}'} |"
+            )
+    if "structured" in data and "decode_tok_s" in data["structured"].get("dense", {}):
+        rows = data["structured"]
+        d = rows["dense"]
+        print(
+            "\n| model | params | MB on disk | "
+            + "".join(f"{n} | " for n in names)
+            + "FLOPs/token prefill (x dense) | FLOPs/token decode (x dense) | prefill 512 ms "
+            "(min-max) | decode tok/s (min-max) | prefill speedup | decode speedup |"
+        )
+        print("|---" * (len(names) + 9) + "|")
+        for k, r in rows.items():
+            print(
+                f"| {k} | {r['params'] / 1e6:.1f}M | {r['hf_bytes'] / 1e6:.1f} | "
+                + "".join(f"{r[n]:.2f} | " for n in names)
+                + f"{r['flops_prefill'] / 1e6:.0f}M ({r['flops_prefill'] / d['flops_prefill']:.3f}) | "
+                f"{r['flops_decode'] / 1e6:.0f}M ({r['flops_decode'] / d['flops_decode']:.3f}) | "
+                f"{r['prefill_ms']:.0f} ({r['prefill_ms_min']:.0f}-{r['prefill_ms_max']:.0f}) | "
+                f"{r['decode_tok_s']:.1f} ({r['decode_tok_s_min']:.1f}-{r['decode_tok_s_max']:.1f}) | "
+                f"{d['prefill_ms'] / r['prefill_ms']:.2f}x (FLOPs {d['flops_prefill'] / r['flops_prefill']:.2f}x) | "
+                f"{r['decode_tok_s'] / d['decode_tok_s']:.2f}x (FLOPs {d['flops_decode'] / r['flops_decode']:.2f}x) |"
+            )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--windows", type=int, default=64, help="eval windows per dataset (<= 64)")
+    ap.add_argument("--datasets", default="python-docs,shakespeare")
     ap.add_argument("--calib-samples", type=int, default=32)
     ap.add_argument(
         "--configs",
-        default="wanda:50%,sparsegpt:2:4,magnitude:50%,sparsegpt:50%,magnitude:2:4,wanda:2:4",
+        default="wanda:50%,sparsegpt:2:4,sparsegpt:50%,wanda:2:4,magnitude:50%,magnitude:2:4",
         help="method:config pairs, run in this order (the peer comparisons first)",
     )
+    ap.add_argument("--structured", default="mlp=0.25,mlp=0.5,heads=0.25")
+    ap.add_argument("--struct-calib", type=int, default=8, help="calibration windows for ranking")
+    ap.add_argument("--runs", type=int, default=5, help="timed rounds after 1 warm-up round")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads for latency (BENCH: 2)")
+    ap.add_argument(
+        "--timing-only",
+        action="store_true",
+        help="structured: magnitude ranking (no calibration) and no perplexity, speed only",
+    )
+    ap.add_argument("--no-artifacts", action="store_true", help="skip saving artifacts")
     ap.add_argument("--skip-unstructured", action="store_true")
     ap.add_argument("--skip-structured", action="store_true")
-    ap.add_argument("--json", dest="json_out", default=None, help="also write results here")
+    ap.add_argument("--sensitivity", default=None, help="sparsities for the sweep, e.g. 0.3,0.5")
+    ap.add_argument("--sens-calib", type=int, default=8)
+    ap.add_argument("--png", default="bench/results/prune_sensitivity.png")
+    ap.add_argument("--json", dest="json_out", default=None, help="results, updated per row")
     args = ap.parse_args()
-    # Compression and perplexity run at 1 thread: on this contended VM (load ~16 on 2 cores)
-    # thread hand-offs made 2 threads many times slower. Latency is measured at 2 (BENCH.md).
+    # Compression and perplexity at 1 thread (the VM's 2 cores are shared with other jobs);
+    # latency at the protocol's 2 threads inside interleaved_timings.
     torch.set_num_threads(1)
 
     from slimline.data import calibration_blocks, eval_blocks
     from slimline.models import load_model
-    from slimline.prune import Magnitude, PruneMlp, SparseGpt, Wanda, prune, to_sparse
 
-    n_py, n_ham, runs = (8, 4, 3) if args.quick else (64, 64, 5)
     lm = load_model("smollm2-135m")
     tok = lm.tokenizer
-    dense = lm.model.eval()
     calib = calibration_blocks(tok, "python-docs", n=args.calib_samples, seq_len=512, seed=0)
-    ev_py = eval_blocks(tok, "python-docs", seq_len=512, max_blocks=n_py)
-    ev_ham = eval_blocks(tok, "shakespeare", seq_len=512, max_blocks=n_ham)
-    mode = "quick" if args.quick else "full"
-    print(
-        f"# mode={mode} calib={args.calib_samples}x512 eval python-docs={len(ev_py)} hamlet={len(ev_ham)} "
-        f"windows, torch threads=1 (latency: 2), engine=torch eager fp32",
-        flush=True,
-    )
-    results: dict = {
-        "mode": mode,
-        "calib": [args.calib_samples, 512],
-        "eval_windows": [len(ev_py), len(ev_ham)],
+    windows = {
+        ds: eval_blocks(tok, ds, seq_len=512, max_blocks=args.windows)
+        for ds in args.datasets.split(",")
     }
-
-    base_py, base_ham = ppl(dense, ev_py), ppl(dense, ev_ham)
-    rows = [("fp32 dense", "-", base_py, base_ham, 0.0, None)]
-    print(f"fp32: python-docs {base_py:.3f}  hamlet {base_ham:.3f}", flush=True)
-
+    head = {
+        "started": now(),
+        "machine": "2-core AVX2 CPU VM, shared with concurrent benchmark jobs",
+        "engine": f"torch eager fp32 (compression/eval 1 thread, latency {args.threads} threads)",
+        "torch": torch.__version__,
+        "calib": [args.calib_samples, 512],
+        "eval_windows": {k: len(v) for k, v in windows.items()},
+        "args": vars(args),
+    }
+    rec = Recorder(args.json_out, head)
+    print(f"# {json.dumps(head, default=str)}", flush=True)
+    need_base = not (args.skip_unstructured and (args.skip_structured or args.timing_only))
+    base: dict[str, float] = {}
+    if need_base:
+        t0 = time.perf_counter()
+        base = ppl(lm.model, tok, windows)
+        rec.put("dense", base)
+        print(f"fp32: {base}  ({time.perf_counter() - t0:.0f}s)", flush=True)
     if not args.skip_unstructured:
-        cls = {"magnitude": Magnitude, "wanda": Wanda, "sparsegpt": SparseGpt}
-        for item in args.configs.split(","):
-            meth, pat = item.split(":", 1)
-            cfg = (
-                cls[meth](pattern=pat)
-                if ":" in pat
-                else cls[meth](sparsity=float(pat.rstrip("%")) / 100)
-            )
-            m = copy.deepcopy(dense)
-            t = time.perf_counter()
-            rec = prune(m, cfg, data=calib)
-            secs = time.perf_counter() - t
-            p_py, p_ham = ppl(m, ev_py), ppl(m, ev_ham)
-            rows.append((meth, pat, p_py, p_ham, secs, rec["sparsity"]))
-            print(
-                f"{meth:10s} {pat:4s} python-docs {p_py:8.3f} hamlet {p_ham:8.3f} "
-                f"prune {secs:6.1f}s sparsity {rec['sparsity']:.4f}",
-                flush=True,
-            )
-            if meth == "sparsegpt" and pat == "50%":
-                # size of the saved artifact: SparseLinear (bitmask + fp32 non-zeros) vs dense
-                from slimline.artifact import save_artifact
-
-                with tempfile.TemporaryDirectory() as d:
-                    st = to_sparse(m)
-                    info = save_artifact(m, tok, Path(d) / "a")
-                    results["sparse_artifact_bytes"] = info.size_bytes
-                    results["sparse_weight_bytes"] = [
-                        st["dense_weight_bytes"],
-                        st["sparse_weight_bytes"],
-                    ]
-                m2 = copy.deepcopy(dense)
-                prune(m2, Magnitude(sparsity=0.5))
-                st4 = to_sparse(m2, bits=4, group_size=64)
-                results["sparse4_weight_bytes"] = [
-                    st4["dense_weight_bytes"],
-                    st4["sparse_weight_bytes"],
-                ]
-                del m2
-            del m
-        results["unstructured"] = [
-            {
-                "method": r[0],
-                "config": r[1],
-                "ppl/python-docs": r[2],
-                "ppl/shakespeare": r[3],
-                "prune_s": r[4],
-                "sparsity": r[5],
-            }
-            for r in rows
-        ]
-        print()
-        print(
-            "| method | config | python-docs ppl | ratio to fp32 | Hamlet ppl | prune s | llm-compressor (PEERS.md) |"
-        )
-        print("|---|---|---|---|---|---|---|")
-        for meth, pat, p_py, p_ham, secs, _ in rows:
-            peer = PEERS.get((meth, pat))
-            print(
-                f"| {meth} | {pat} | {p_py:.3f} | {p_py / base_py:.3f} | {p_ham:.3f} | {secs:.0f} | "
-                f"{'' if peer is None else f'{peer:.3f}'} |"
-            )
-        if "sparse_weight_bytes" in results:
-            d, s = results["sparse_weight_bytes"]
-            d4, s4 = results["sparse4_weight_bytes"]
-            print(
-                f"\n50% sparse block linears: dense fp32 {d / 1e6:.1f} MB -> SparseLinear {s / 1e6:.1f} MB "
-                f"({s / d:.3f}); with 4-bit non-zeros {s4 / 1e6:.1f} MB ({s4 / d4:.3f}); "
-                f"whole artifact {results['sparse_artifact_bytes'] / 1e6:.1f} MB (dense 538.2 MB)"
-            )
-
+        run_unstructured(args, lm, calib, windows, base, rec)
     if not args.skip_structured:
-        cal = calib[: min(len(calib), 8 if args.quick else 32)]
-        models = {"dense": dense}
-        srow = {}
-        for amount in (0.25, 0.5):
-            m = copy.deepcopy(dense)
-            t = time.perf_counter()
-            rec = prune(m, PruneMlp(amount=amount), data=cal)
-            secs = time.perf_counter() - t
-            key = f"mlp-{int(amount * 100)}%"
-            models[key] = m
-            srow[key] = {
-                "prune_s": secs,
-                "params": rec["params_after"],
-                "ppl/python-docs": ppl(m, ev_py),
-                "ppl/shakespeare": ppl(m, ev_ham),
-            }
-        srow["dense"] = {
-            "prune_s": 0.0,
-            "params": sum(p.numel() for p in dense.parameters()),
-            "ppl/python-docs": base_py,
-            "ppl/shakespeare": base_ham,
-        }
-        prompt = ev_py[:1]
-        torch.set_num_threads(2)
-        tm = timings(models, runs, prompt)
-        base_macs = linear_macs(dense)
-        print(
-            "\n| model | params | MB on disk | python-docs ppl | Hamlet ppl | linear MACs/token | prefill 512 ms (min-max) | decode tok/s (min-max) | prefill speedup | decode speedup |"
-        )
-        print("|---|---|---|---|---|---|---|---|---|---|")
-        for k, m in models.items():
-            r = srow[k]
-            r["bytes"] = dir_bytes(m)
-            r["macs"] = linear_macs(m)
-            r.update(tm[k])
-            print(
-                f"| {k} | {r['params'] / 1e6:.1f}M | {r['bytes'] / 1e6:.1f} | {r['ppl/python-docs']:.2f} | "
-                f"{r['ppl/shakespeare']:.2f} | {r['macs'] / base_macs:.3f}x | "
-                f"{r['prefill_ms']:.0f} ({r['prefill_ms_min']:.0f}-{r['prefill_ms_max']:.0f}) | "
-                f"{r['decode_tok_s']:.1f} ({r['decode_tok_s_min']:.1f}-{r['decode_tok_s_max']:.1f}) | "
-                f"{tm['dense']['prefill_ms'] / r['prefill_ms']:.2f}x | {r['decode_tok_s'] / tm['dense']['decode_tok_s']:.2f}x |"
-            )
-        results["structured"] = srow
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(results, indent=2, default=str))
+        run_structured(args, lm, calib, windows, base, rec)
+    if args.sensitivity:
+        run_sensitivity(args, lm, calib, rec)
+    rec.put("finished", now())
+    print_tables(rec.data)
 
 
 if __name__ == "__main__":

@@ -92,7 +92,7 @@ def test_curriculum(teacher):
 def test_distill_verb_saves_student_and_log(teacher, tmp_path):
     res = distill(
         teacher,
-        {"keep": 1},
+        {"keep": 1, "importance": "even"},
         "python-docs",
         DistillConfig(max_steps=2, batch_size=2, seq_len=16),
         tmp_path / "out",

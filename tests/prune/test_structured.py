@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -228,3 +229,19 @@ def test_impossible_structured_requests_fail_before_editing():
         remove_mlp_channels(lm.model, {b: list(range(128)) for b in range(3)})
     after = lm.model.state_dict()
     assert after.keys() == before.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_head_count_rounded_for_gqa_is_reported_not_silent():
+    # 6 query heads in 2 kv groups: 17% asks for 1 head per block, GQA can only drop 1 per
+    # group, so 2 go; the user is told and the record says so. 34% (2 heads) fits exactly.
+    ids = _ids()
+    lm = _gqa()
+    with pytest.warns(UserWarning, match=r"removed 2 \(33%\)"):
+        rec = prune(lm, PruneHeads(amount=0.17), data=ids)
+    assert rec["heads_removed_per_block"] == {"asked": 1, "removed": 2, "of": 6}
+    assert lm.model.config.num_attention_heads == 4
+    exact = _gqa()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rec = prune(exact, PruneHeads(amount=0.34), data=ids)
+    assert rec["heads_removed_per_block"] == {"asked": 2, "removed": 2, "of": 6}

@@ -34,7 +34,7 @@ def register(app: typer.Typer) -> None:
         student_from: str = typer.Option(
             None,
             "--student-from",
-            help="cut from a model: MODEL:keep=N | MODEL:drop-every=K | MODEL:mlp=0.5",
+            help="cut from a model: MODEL:keep=N (blocks ranked by angular distance; add ,importance=even for evenly spaced) | MODEL:drop-every=K | MODEL:mlp=0.5",
         ),
         student: str = typer.Option(None, "--student", help="an existing student model instead"),
         data: str = typer.Option(

@@ -274,7 +274,7 @@ def parse_student_spec(spec: str) -> tuple[str, dict[str, Any]]:
         if not eq or k not in ("keep", "drop_every", "mlp", "importance"):
             raise ConfigError(
                 f"cannot read student option {item!r} in {spec!r}",
-                "use MODEL:keep=N, MODEL:drop-every=K, MODEL:keep=N,importance=angular or MODEL:mlp=0.5",
+                "use MODEL:keep=N (by angular distance; importance=even for evenly spaced), MODEL:drop-every=K or MODEL:mlp=0.5",
             )
         try:
             params[k] = float(v) if k == "mlp" else (v if k == "importance" else int(v))

@@ -18,6 +18,7 @@ same way as its input does little; its angular distance arccos(cos(x_in, x_out))
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -599,8 +600,22 @@ def apply_heads(model: nn.Module, cfg: PruneHeads, ctx: Context) -> dict[str, An
     plan = plan_head_removal(
         scores, arch.n_kv_heads(model.config), amount=amount, remove=cfg.remove, unit=cfg.unit
     )
+    n_heads = arch.n_heads(model.config)
+    asked = cfg.remove if cfg.remove is not None else max(1, round(cfg.amount * n_heads))
+    removed = len(next(iter(plan.values())))
+    if removed != asked:
+        # GQA can only drop the same number of query heads from every kv group (or whole groups):
+        # say so instead of silently pruning more or less than asked (25% of 9 heads -> 3, 33%).
+        warnings.warn(
+            f"prune.heads: {asked} of {n_heads} query heads per block cannot be removed evenly "
+            f"from {arch.n_kv_heads(model.config)} kv groups; removed {removed} "
+            f"({removed / n_heads:.0%}) per block instead",
+            stacklevel=2,
+        )
     log = remove_heads(model, plan)
-    return _record(model, before, log, arch)
+    rec = _record(model, before, log, arch)
+    rec["heads_removed_per_block"] = {"asked": asked, "removed": removed, "of": n_heads}
+    return rec
 
 
 @register_technique(PruneMlp)
