@@ -34,7 +34,9 @@ from slimline.quant.smoothquant import W8A8, quantize_w8a8
 console = Console()
 
 
-def w8a8_table(lm, calib, evals, repeats: int) -> list[dict]:
+def w8a8_table(
+    lm, calib, evals, repeats: int, dump=lambda rows: None, threads: int = 2
+) -> list[dict]:
     configs = {
         "fp32": None,
         "torch quantize_dynamic int8 (peer)": "peer",
@@ -56,10 +58,13 @@ def w8a8_table(lm, calib, evals, repeats: int) -> list[dict]:
         models[name] = m
         rows.append({"config": name, "ppl/python-docs": ppl, "compress_s": secs})
         console.print(f"{name}: ppl {ppl:.3f} ({secs:.1f} s to quantize)")
+        dump(rows)  # a cut-off run still leaves the perplexities
     # prefill of one 512-token window, interleaved A B A B
     times: dict[str, list[float]] = {n: [] for n in models}
     x = evals[:1]
-    with torch.inference_mode():
+    from slimline.profile.runtime import torch_threads
+
+    with torch.inference_mode(), torch_threads(threads):
         for m in models.values():
             m(input_ids=x, use_cache=False, logits_to_keep=1)  # warm-up
         for _ in range(repeats):
@@ -84,9 +89,13 @@ def main() -> None:
     ap.add_argument("--json", type=str, default=None)
     ap.add_argument("--skip-w8a8", action="store_true")
     ap.add_argument("--skip-kv", action="store_true")
+    ap.add_argument("--eval", type=int, default=None, help="eval windows (64; quick 8)")
+    ap.add_argument("--calib", type=int, default=None, help="calibration windows (128; quick 16)")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    # quantization and perplexity at 1 thread (contended VM); prefill timings at --threads
+    torch.set_num_threads(1)
     n_eval, n_calib = (8, 16) if args.quick else (64, 128)
+    n_eval, n_calib = args.eval or n_eval, args.calib or n_calib
     contexts = [256, 1024] if args.quick else [512, 1024, 2048]
     repeats = 3 if args.quick else 5
     lm = load_model("smollm2-135m")
@@ -95,7 +104,13 @@ def main() -> None:
     if not args.skip_w8a8:
         calib = calibration_blocks(lm.tokenizer, "python-docs", n=n_calib, seq_len=512, seed=0)
         evals = eval_blocks(lm.tokenizer, "python-docs", seq_len=512, max_blocks=n_eval)
-        rows = w8a8_table(lm, calib, evals, repeats)
+
+        def dump(rows: list[dict]) -> None:
+            if args.json:
+                with open(args.json, "w") as fh:
+                    json.dump({**out, "w8a8_partial": rows}, fh, indent=2)
+
+        rows = w8a8_table(lm, calib, evals, repeats, dump, args.threads)
         t = Table(title=f"W8A8 on SmolLM2-135M ({n_eval} eval windows x 512, {n_calib} calib)")
         for c in ("config", "ppl", "ratio", "prefill ms (median)", "vs fp32", "quantize s"):
             t.add_column(c)

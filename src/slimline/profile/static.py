@@ -63,6 +63,17 @@ class ParamStats:
 
 
 @torch.no_grad()
+def _nonzero(t: torch.Tensor) -> int:
+    """Non-zeros of a parameter; a tensor subclass that cannot count them (torchao's packed
+    int tensors, meta tensors) counts as dense rather than failing the whole profile."""
+    if t.device.type == "meta":
+        return t.numel()
+    try:
+        return int(torch.count_nonzero(t))
+    except (NotImplementedError, RuntimeError, TypeError):
+        return t.numel()
+
+
 def param_stats(model: nn.Module) -> ParamStats:
     """Count parameters (dense and non-zero) and the bytes of everything a state dict stores."""
     seen: set[tuple[int, int, tuple[int, ...], str]] = set()
@@ -89,7 +100,7 @@ def param_stats(model: nn.Module) -> ParamStats:
         for p in mod._parameters.values():
             if p is not None and add(p):
                 total += p.numel()
-                nonzero += int(torch.count_nonzero(p)) if p.device.type != "meta" else p.numel()
+                nonzero += _nonzero(p)
         for bname, b in mod._buffers.items():
             if b is not None and bname not in mod._non_persistent_buffers_set:
                 add(b)

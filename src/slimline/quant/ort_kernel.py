@@ -76,4 +76,9 @@ def nbits_session(layer: QuantLinear, int8_act: bool) -> Any:
     so = ort.SessionOptions()
     so.intra_op_num_threads = torch.get_num_threads()
     so.inter_op_num_threads = 1
+    # A model holds one session per layer (210 on SmolLM2), each with its own thread pool; with
+    # spinning on, every pool's worker busy-waits after its run, so one decode step can leave
+    # hundreds of threads spinning on 2 cores (217 threads seen in one bench process, which got
+    # a fraction of its CPU share). Idle workers must sleep instead.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
