@@ -17,7 +17,6 @@ model. Two allocations:
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -27,6 +26,7 @@ from torch import nn
 
 from slimline.core import select_modules
 from slimline.errors import ConfigError
+from slimline.figures import save_png
 from slimline.prune.importance import InputStats, magnitude, rank, wanda
 from slimline.prune.sparsegpt import HessianAccumulator, output_error
 
@@ -78,17 +78,7 @@ class Sweep:
         if len(self.errors) <= 16:
             ax.legend(fontsize=6)
         fig.tight_layout()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".png", dir=out.parent)
-        os.close(fd)
-        try:
-            fig.savefig(tmp, dpi=100)
-            os.replace(tmp, out)
-        finally:
-            plt.close(fig)
-            if os.path.exists(tmp):
-                os.remove(tmp)
-        return out
+        return save_png(fig, out, dpi=100)
 
 
 def _selected(

@@ -26,8 +26,6 @@ uint8 zero per group when asymmetric (bias excluded: it is the same at every wid
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +44,7 @@ from slimline.core import (
     select_modules,
 )
 from slimline.errors import ConfigError, DataError, TargetError
+from slimline.figures import save_png
 from slimline.progress import track
 from slimline.quant.grid import QuantScheme, fake_quantize, make_scheme
 
@@ -403,17 +402,7 @@ def plot_allocation(alloc: Allocation, path: str | Path) -> Path:
             ax.text(c, r, int(v), ha="center", va="center", color="w", fontsize=7)
     fig.colorbar(im, ax=ax, label="bits")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return save_png(fig, path, dpi=110)
 
 
 # --- technique -------------------------------------------------------------------------------

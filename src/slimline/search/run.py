@@ -21,6 +21,7 @@ from torch import nn
 
 from slimline.core import Context, apply_technique
 from slimline.errors import ConfigError, SlimlineError
+from slimline.figures import save_png
 from slimline.metrics import higher_is_better
 from slimline.search.space import suggest, validate_space
 
@@ -223,8 +224,4 @@ def plot_front(
     ax.legend(frameon=False)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return save_png(fig, path)
