@@ -46,6 +46,18 @@ def tiny_llama():
     return tiny_model("llama")
 
 
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory):
+    """A tiny random llama saved as an HF directory, for CLI tests that take a MODEL path."""
+    from slimline.models import tiny_model
+
+    lm = tiny_model("llama")
+    d = tmp_path_factory.mktemp("tiny-llama")
+    lm.model.save_pretrained(d)
+    lm.tokenizer.save_pretrained(d)
+    return d
+
+
 @pytest.fixture(params=FAMILIES)
 def tiny_any(request):
     from slimline.models import tiny_model

@@ -9,16 +9,11 @@ from typer.testing import CliRunner
 
 from slimline.cli import app
 from slimline.errors import ConfigError, DataError
-from slimline.models import tiny_model
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    lm = tiny_model("llama")
-    d = tmp_path_factory.mktemp("tiny-llama")
-    lm.model.save_pretrained(d)
-    lm.tokenizer.save_pretrained(d)
-    return d
+@pytest.fixture
+def tiny_dir(tiny_llama_dir):
+    return tiny_llama_dir
 
 
 def test_eval_json_with_reference(tiny_dir) -> None:
