@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -36,7 +37,7 @@ from slimline.eval import evaluate
 from slimline.models import load_model
 
 RESULTS = Path(__file__).parent / "results"
-MACHINE = "2-core AVX2 CPU VM, shared with concurrent benchmark jobs"
+MACHINE = "2-core AVX2 CPU VM"
 
 
 def utc() -> str:
@@ -155,7 +156,10 @@ def bench_smollm2(
         for name in ("python-docs", "shakespeare")
     }
     curve_windows = {"python-docs": evals["python-docs"][: args.curve_windows]}
-    data = train_blocks(tok, "python-docs", seq_len=args.seq_len, seed=0, exclude_calib=128)
+    # Training never sees a token of the calibration windows the cut is ranked on (8 x 128).
+    data = train_blocks(
+        tok, "python-docs", seq_len=args.seq_len, seed=0, exclude_calib=8, calib_seq_len=128
+    )
     res: dict[str, Any] = {
         "keep": keep,
         "eval": f"{args.eval_windows} x 512 tokens per dataset",
@@ -175,7 +179,7 @@ def bench_smollm2(
         print(name, row, flush=True)
         save()
 
-    reused = _reused_rows(args.reuse_rows, res["eval"])
+    reused = _reused_rows(args.reuse_rows, res["eval"], keep)
     res["reused_from"] = reused.pop("_from", None)
     teacher_name = "teacher fp32 (30 blocks)"
     if teacher_name in reused:  # same model, same windows: measured by an earlier run
@@ -214,10 +218,10 @@ def bench_smollm2(
         schedule="cosine",
         seed=0,
         clip=1.0,
-        temperature=1.0,
+        temperature=args.temperature,
     )
     res["config"] = common
-    runs = {"KD": {"kl": 1.0}, "CE": {"ce": 1.0}}
+    runs = {"KD": {"kl": 1.0}, "CE": {"ce": 1.0}, "KD+CE": {"kl": 0.5, "ce": 0.5}}
     for label in args.runs:
         losses = runs[label]
         s = drop_blocks(t, keep=keep, **cuts[args.cut])
@@ -231,6 +235,8 @@ def bench_smollm2(
             f"{args.cut} cut + {label} ({r.steps} steps)",
             s.model,
             {
+                "run": label,
+                "losses": losses,
                 "train_tokens": r.tokens,
                 "train_s": round(train_s, 1),
                 "tokens_per_s": round(r.tokens / train_s, 1),
@@ -243,18 +249,24 @@ def bench_smollm2(
     return res
 
 
-def _reused_rows(path: str | None, eval_desc: str) -> dict[str, Any]:
+def _reused_rows(path: str | None, eval_desc: str, keep: int) -> dict[str, Any]:
     """Rows of untrained models (teacher, cuts) from an earlier result JSON of this script, if it
-    evaluated on the same windows: a second process can then train without re-measuring them."""
+    evaluated on the same windows: a second process can then train without re-measuring them.
+    Cut rows only come from a run of the same ``keep``; the teacher's from any."""
     if not path:
         return {}
     prev = json.loads(Path(path).read_text())
     for res in prev.get("smollm2", []):
         if res.get("eval") != eval_desc:
             continue
-        rows = {n: r for n, r in res.get("rows", {}).items() if "train_tokens" not in r}
+        same = res.get("keep") == keep
+        rows = {
+            n: r
+            for n, r in res.get("rows", {}).items()
+            if "train_tokens" not in r and (same or n.startswith("teacher"))
+        }
         rows["_from"] = f"{Path(path).name}, run of {prev.get('utc_start')}: {sorted(rows)}"
-        rows["_cut_curve"] = dict(res.get("cut_ppl_on_curve_windows", {}))
+        rows["_cut_curve"] = dict(res.get("cut_ppl_on_curve_windows", {})) if same else {}
         return rows
     raise SystemExit(f"{path} has no rows measured on {eval_desc}")
 
@@ -337,14 +349,20 @@ def print_tables(out: dict[str, Any]) -> None:
             print(
                 f"  cut {how} (blocks {res.get(f'kept_blocks_{how}')}): ppl {v:.2f} on curve windows"
             )
-        kd = next((r for n, r in res["rows"].items() if "KD" in n), None)
-        ce = next((r for n, r in res["rows"].items() if "CE" in n), None)
-        if kd and ce and base:
+        trained = {
+            r.get("run") or n.split(" + ")[-1].split(" (")[0]: r
+            for n, r in res["rows"].items()
+            if " + " in n
+        }
+        ce = trained.pop("CE", None)
+        for run, kd in trained.items():
+            if not (ce and base):
+                break
             for d in ("python-docs", "shakespeare"):
                 k, c, b = kd[f"ppl/{d}"], ce[f"ppl/{d}"], base[f"ppl/{d}"]
                 print(
-                    f"  {d}: KD/CE ppl ratio {k / c:.3f} ({'KD wins' if k < c else 'CE wins'}); "
-                    f"KD/teacher {k / b:.3f}, CE/teacher {c / b:.3f}"
+                    f"  {d}: {run}/CE ppl ratio {k / c:.3f} ({run + ' wins' if k < c else 'CE wins'}); "
+                    f"{run}/teacher {k / b:.3f}, CE/teacher {c / b:.3f}"
                 )
     if out.get("minilm"):
         m = out["minilm"]
@@ -410,7 +428,8 @@ def main() -> None:
         dest="reuse_rows",
         help="reuse the teacher / cut rows of this earlier result JSON (same eval windows)",
     )
-    ap.add_argument("--runs", nargs="+", choices=("KD", "CE"), default=["KD", "CE"])
+    ap.add_argument("--runs", nargs="+", choices=("KD", "CE", "KD+CE"), default=["KD", "CE"])
+    ap.add_argument("--temperature", type=float, default=1.0, help="softmax temperature of KD")
     ap.add_argument("--merge", nargs="+", help="merge result JSONs (KD and CE runs) and plot")
     ap.add_argument("--tag", default="", help="suffix of the result files")
     args = ap.parse_args()
@@ -431,6 +450,7 @@ def main() -> None:
     out: dict[str, Any] = {
         "mode": mode,
         "machine": MACHINE,
+        "load_average_at_start": os.getloadavg(),
         "torch_threads": args.threads,
         "args": vars(args),
         "utc_start": utc(),

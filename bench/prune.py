@@ -25,6 +25,7 @@ import argparse
 import copy
 import datetime as dt
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -96,48 +97,34 @@ def hf_bytes(model: torch.nn.Module) -> int:
 
 @torch.inference_mode()
 def interleaved_timings(
-    models: dict[str, torch.nn.Module],
-    runs: int,
-    threads: int = 2,
-    seq_len: int = 512,
-    new_tokens: int = 64,
-) -> dict[str, dict[str, float]]:
-    """BENCH.md speed protocol with slimline.profile's helpers (same inputs as ``profile``:
-    seeded random ids; 512-token prefill; 64 greedy tokens after a 32-token prompt with the KV
-    cache), but the models take turns A B A B within every round; round 0 is the warm-up."""
-    from slimline.profile.runtime import greedy_decode, summary, torch_threads
+    models: dict[str, torch.nn.Module], runs: int, threads: int = 2
+) -> dict[str, dict[str, Any]]:
+    """BENCH.md speed protocol via ``slimline.profile.profile_paired`` (models take turns A B A B
+    in every round, warm-up in the first), plus where each model's decode step spends its time
+    (``decode_breakdown``): the share a narrower GEMM can shrink."""
+    from slimline.profile import decode_breakdown, profile_paired
+    from slimline.profile.runtime import torch_threads
 
-    vocab = int(next(iter(models.values())).get_input_embeddings().num_embeddings)
-    gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, vocab, (1, seq_len), generator=gen)
-    prompt = torch.randint(0, vocab, (1, 32), generator=gen)
-    pre: dict[str, list[float]] = {k: [] for k in models}
-    dec: dict[str, list[float]] = {k: [] for k in models}
-    with torch_threads(threads):
-        for r in range(runs + 1):
-            for k, m in models.items():
-                t0 = time.perf_counter()
-                m(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
-                p = time.perf_counter() - t0
-                _, t_steps, out = greedy_decode(m, prompt, new_tokens)
-                assert out.shape[1] == new_tokens
-                if r:
-                    pre[k].append(1000 * p)
-                    dec[k].append((new_tokens - 1) / t_steps)
-            print(f"  timing round {r}/{runs} done", flush=True)
+    names = list(models)
+    profs = profile_paired([models[k] for k in names], rounds=runs, threads=threads)
+    vocab = int(models[names[0]].get_input_embeddings().num_embeddings)
+    prompt = torch.randint(0, vocab, (1, 32), generator=torch.Generator().manual_seed(0))
     res = {}
-    for k in models:
-        sp, sd = summary(pre[k]), summary(dec[k])
+    for k, p in zip(names, profs, strict=True):
+        m = p.metrics
         res[k] = {
-            "prefill_ms": sp["median"],
-            "prefill_ms_min": sp["min"],
-            "prefill_ms_max": sp["max"],
-            "decode_tok_s": sd["median"],
-            "decode_tok_s_min": sd["min"],
-            "decode_tok_s_max": sd["max"],
-            "prefill_ms_all": pre[k],
-            "decode_tok_s_all": dec[k],
+            "prefill_ms": m["latency/prefill_ms"],
+            "prefill_ms_min": m["latency/prefill_ms_min"],
+            "prefill_ms_max": m["latency/prefill_ms_max"],
+            "decode_tok_s": m["latency/decode_tok_s"],
+            "decode_tok_s_min": m["latency/decode_tok_s_min"],
+            "decode_tok_s_max": m["latency/decode_tok_s_max"],
+            "prefill_ms_all": p.timings["prefill_ms"],
+            "decode_tok_s_all": p.timings["decode_tok_s"],
         }
+        with torch_threads(threads):
+            res[k]["decode_breakdown"] = decode_breakdown(models[k], prompt, new_tokens=32)
+        print(f"  {k} decode step: {res[k]['decode_breakdown']['share']}", flush=True)
     return res
 
 
@@ -346,10 +333,11 @@ def main() -> None:
     ap.add_argument("--sens-calib", type=int, default=8)
     ap.add_argument("--png", default="bench/results/prune_sensitivity.png")
     ap.add_argument("--json", dest="json_out", default=None, help="results, updated per row")
+    ap.add_argument("--compress-threads", type=int, default=2, help="torch threads (not latency)")
     args = ap.parse_args()
-    # Compression and perplexity at 1 thread (the VM's 2 cores are shared with other jobs);
-    # latency at the protocol's 2 threads inside interleaved_timings.
-    torch.set_num_threads(1)
+    # Compression and perplexity at --compress-threads (1 when other jobs share the VM's 2 cores);
+    # latency at the protocol's --threads inside interleaved_timings.
+    torch.set_num_threads(args.compress_threads)
 
     from slimline.data import calibration_blocks, eval_blocks
     from slimline.models import load_model
@@ -363,8 +351,10 @@ def main() -> None:
     }
     head = {
         "started": now(),
-        "machine": "2-core AVX2 CPU VM, shared with concurrent benchmark jobs",
-        "engine": f"torch eager fp32 (compression/eval 1 thread, latency {args.threads} threads)",
+        "machine": "2-core AVX2 CPU VM",
+        "load_average_at_start": os.getloadavg(),
+        "engine": f"torch eager fp32 (compression/eval {args.compress_threads} threads, "
+        f"latency {args.threads} threads)",
         "torch": torch.__version__,
         "calib": [args.calib_samples, 512],
         "eval_windows": {k: len(v) for k, v in windows.items()},

@@ -9,7 +9,7 @@ import torch
 
 from slimline.errors import ConfigError, InputError
 from slimline.models import tiny_model
-from slimline.profile import Energy, module_roles, profile
+from slimline.profile import Energy, decode_breakdown, module_roles, profile, profile_paired
 from slimline.profile.runtime import greedy_decode
 
 
@@ -63,6 +63,35 @@ def test_profile_encoder_has_no_decode() -> None:
     assert "latency/decode_tok_s" not in p.metrics and p.breakdown is None
     _sane(p, "latency/prefill_ms")
     assert p.metrics["latency/prefill_tok_s"] > 0 and p.env["batch"] == 2
+
+
+def test_profile_paired_interleaves_models_and_takes_medians_over_rounds() -> None:
+    a, b = tiny_model("llama"), tiny_model("llama", n_blocks=1)
+    order: list[str] = []
+    for name, lm in (("A", a), ("B", b)):
+        lm.model.register_forward_hook(lambda *_, n=name: order.append(n))
+    pa, pb = profile_paired(
+        [a, b], rounds=3, warmup=0, seq_len=16, new_tokens=3, prompt_len=4, threads=1
+    )
+    runs = [n for i, n in enumerate(order) if i == 0 or order[i - 1] != n]
+    assert runs == ["A", "B"] * 3  # one prefill + decode per model per round, A B A B A B
+    for p in (pa, pb):
+        assert len(p.timings["prefill_ms"]) == 3 and len(p.timings["decode_tok_s"]) == 3
+        _sane(p, "latency/prefill_ms")
+        assert p.settings["repeats"] == 3 and p.settings["interleaved_models"] == 2
+    assert pb.metrics["params/total"] < pa.metrics["params/total"]
+    with pytest.raises(ConfigError, match="rounds"):
+        profile_paired([a], repeats=2)
+
+
+def test_decode_breakdown_splits_step_time_into_operator_classes() -> None:
+    lm = tiny_model("llama")
+    b = decode_breakdown(lm.model, torch.randint(0, 1000, (1, 8)), new_tokens=4)
+    assert b["tokens"] == 4 and b["operator_calls_per_token"] > 10
+    assert {"matmul", "attention", "outside operators"} <= set(b["share"])
+    assert abs(sum(b["share"].values()) - 1) < 0.01
+    assert b["ms_per_token"]["matmul"] > 0  # the q/k/v/o, MLP and lm_head GEMMs are found
+    assert any(op in b["top_ops_ms"] for op in ("aten::mm", "aten::addmm", "aten::linear"))
 
 
 def test_greedy_decode_makes_exactly_new_tokens_and_matches_full_forward() -> None:

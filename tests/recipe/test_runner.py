@@ -52,6 +52,11 @@ def test_run_traces_stages_checks_targets_and_registers(tiny_dir, tmp_path, home
         assert (tmp_path / "run" / s["checkpoint"] / "slimline.json").exists()
     # 2-bit moves the tiny model off the teacher more than 8-bit: measured agree/top1 1.0 -> 0.95,
     # kl/teacher 2e-6 -> 6e-3
+    # the final stage and the baseline were timed interleaved; the first baseline timing is kept
+    assert res.stages[-1]["metrics"]["latency/setup"]["paired_with_baseline"]
+    assert not res.stages[0]["metrics"]["latency/setup"]["paired_with_baseline"]
+    assert res.baseline["metrics"]["latency/setup"]["paired_with_baseline"]
+    assert "latency/prefill_ms" in res.baseline["unpaired_cost"]
     a8, a2 = (s["metrics"]["agree/top1"] for s in res.stages)
     k8, k2 = (s["metrics"]["kl/teacher"] for s in res.stages)
     assert a2 < a8 <= 1.0 and k2 > 10 * k8 > 0

@@ -229,7 +229,9 @@ def test_write_report_from_a_real_tiny_run(tmp_path, monkeypatch):
     assert res.report == tmp_path / "run" / "report.html" and res.card.exists()
     html = res.report.read_text()
     assert len(pngs(html)) == 3  # size plot, latency plot, test.rtn's per-layer bits
-    assert re.findall(r"^## (.+)$", res.card.read_text(), flags=re.M) == list(SECTIONS)
+    card = res.card.read_text()
+    assert re.findall(r"^## (.+)$", card, flags=re.M) == list(SECTIONS)
+    assert "timed interleaved with the final model" in card  # the baseline's fair re-timing
     # re-rendering from run.json alone gives the same card
     state_file = json.loads((tmp_path / "run" / "run.json").read_text())
     assert model_card(state_file) == res.card.read_text()

@@ -98,6 +98,28 @@ def _check(name: str, value: int, least: int) -> None:
         )
 
 
+def _timing_metrics(timings: dict[str, list[float]], prefill_tokens: int) -> dict[str, float]:
+    """Latency (and energy) metrics from raw per-run timings: median, with min/max beside it."""
+    m: dict[str, float] = {}
+    if "prefill_ms" in timings:
+        s = summary(timings["prefill_ms"])
+        m["latency/prefill_ms"] = s["median"]
+        m["latency/prefill_ms_min"] = s["min"]
+        m["latency/prefill_ms_max"] = s["max"]
+        m["latency/prefill_tok_s"] = prefill_tokens / (s["median"] / 1000)
+    if "prefill_j" in timings:
+        m["energy/prefill_j"] = summary(timings["prefill_j"])["median"]
+        m["energy/token_mj"] = 1000 * m["energy/prefill_j"] / prefill_tokens
+    if "decode_tok_s" in timings:
+        s = summary(timings["decode_tok_s"])
+        m["latency/decode_tok_s"] = s["median"]
+        m["latency/decode_tok_s_min"] = s["min"]
+        m["latency/decode_tok_s_max"] = s["max"]
+    if "generate_tok_s" in timings:
+        m["latency/generate_tok_s"] = summary(timings["generate_tok_s"])["median"]
+    return m
+
+
 def profile(
     model_or_loaded: Any,
     *,
@@ -179,16 +201,8 @@ def profile(
         with torch_threads(threads), RssSampler() as rss:
             pre = timed(prefill, repeats, warmup)
             timings["prefill_ms"] = [1000 * s for s in pre]
-            s = summary(timings["prefill_ms"])
-            metrics["latency/prefill_ms"] = s["median"]
-            metrics["latency/prefill_ms_min"] = s["min"]
-            metrics["latency/prefill_ms_max"] = s["max"]
-            metrics["latency/prefill_tok_s"] = batch * seq_len / (s["median"] / 1000)
             if energy.available:
-                joules = [energy.measure(prefill) for _ in range(repeats)]
-                timings["prefill_j"] = joules
-                metrics["energy/prefill_j"] = summary(joules)["median"]
-                metrics["energy/token_mj"] = 1000 * metrics["energy/prefill_j"] / (batch * seq_len)
+                timings["prefill_j"] = [energy.measure(prefill) for _ in range(repeats)]
                 energy_info["scope"] = "whole CPU package (other processes included)"
             if causal:
                 for _ in range(warmup):
@@ -201,12 +215,8 @@ def profile(
                     e2e.append(batch * new_tokens / (t_prompt + t_steps))
                 if steps:
                     timings["decode_tok_s"] = steps
-                    s = summary(steps)
-                    metrics["latency/decode_tok_s"] = s["median"]
-                    metrics["latency/decode_tok_s_min"] = s["min"]
-                    metrics["latency/decode_tok_s_max"] = s["max"]
                 timings["generate_tok_s"] = e2e
-                metrics["latency/generate_tok_s"] = summary(e2e)["median"]
+        metrics.update(_timing_metrics(timings, batch * seq_len))
         metrics["memory/peak_mb"] = rss.peak / MB
         metrics["memory/start_mb"] = rss.start / MB
         metrics["memory/process_peak_mb"] = lifetime_peak_rss() / MB
@@ -237,3 +247,50 @@ def profile(
             "inputs": f"random token ids, seed {seed}",
         },
     )
+
+
+def profile_paired(
+    models: list[Any], *, rounds: int = 5, warmup: int = 1, **kwargs: Any
+) -> list[Profile]:
+    """Profile several models with their timed runs interleaved, A B A B …, one ``profile`` run per
+    model per round (untimed warm-ups only in the first round).
+
+    On a shared machine the load changes while one model is timed after another; interleaving
+    makes a change hit every model alike, so latency *ratios* between them stay fair. Each model's
+    latency is its median over the rounds; ``kwargs`` go to ``profile`` (not ``repeats``).
+    """
+    _check("rounds", rounds, 1)
+    if "repeats" in kwargs:
+        raise ConfigError("profile_paired takes rounds, not repeats", "pass rounds=N")
+    kwargs["breakdown"] = False
+    per_round = [
+        [profile(m, repeats=1, warmup=warmup if r == 0 else 0, **kwargs) for m in models]
+        for r in range(rounds)
+    ]
+    out = []
+    for i in range(len(models)):
+        runs = [rnd[i] for rnd in per_round]
+        first = runs[0]
+        timings: dict[str, list[float]] = {}
+        for p in runs:
+            for k, xs in p.timings.items():
+                timings.setdefault(k, []).extend(xs)
+        metrics = dict(first.metrics)
+        metrics.update(_timing_metrics(timings, first.env["batch"] * first.settings["seq_len"]))
+        for k in ("memory/peak_mb", "memory/process_peak_mb"):
+            metrics[k] = max(p.metrics[k] for p in runs)
+        settings = {**first.settings, "repeats": rounds, "interleaved_models": len(models)}
+        out.append(
+            Profile(
+                model=first.model,
+                kind=first.kind,
+                metrics=metrics,
+                params=first.params,
+                flops=first.flops,
+                timings=timings,
+                energy=first.energy,
+                env=first.env,
+                settings=settings,
+            )
+        )
+    return out

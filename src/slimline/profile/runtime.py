@@ -212,6 +212,94 @@ def greedy_decode(
     return t1 - t0, t2 - t1, torch.cat(ids, dim=1)
 
 
+_OP_CLASSES = (  # operator-name markers -> class, first match wins
+    (
+        "matmul",
+        (
+            "aten::mm",
+            "aten::addmm",
+            "aten::bmm",
+            "aten::baddbmm",
+            "aten::matmul",
+            "aten::linear",
+            "aten::_addmm_activation",
+        ),
+    ),
+    ("attention", ("scaled_dot_product", "flash_attention", "efficient_attention")),
+    (
+        "copy / cache",
+        (
+            "aten::cat",
+            "aten::copy_",
+            "aten::clone",
+            "aten::contiguous",
+            "aten::index_copy",
+            "aten::slice_scatter",
+            "aten::to",
+            "aten::_to_copy",
+        ),
+    ),
+)
+
+
+def _op_class(name: str) -> str:
+    for cls, markers in _OP_CLASSES:
+        if any(name == m or (not m.startswith("aten::") and m in name) for m in markers):
+            return cls
+    return "other operators"
+
+
+@torch.inference_mode()
+def decode_breakdown(
+    model: nn.Module, prompt: torch.Tensor, new_tokens: int = 16
+) -> dict[str, Any]:
+    """Where greedy decode's wall time goes, per generated token: matrix multiplies, attention,
+    copies / KV-cache growth, other operators, and the time outside any operator (Python, module
+    calls, dispatch) — from ``torch.profiler`` self CPU times over one greedy run.
+
+    It answers whether decode can get faster from faster GEMMs (int8, sparsity, fewer channels):
+    only the ``matmul`` share can shrink that way. The profiler adds a little per-operator
+    overhead, so the shares, not the absolute times, are the result.
+    """
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    greedy_decode(model, prompt, 4)  # warm-up, unprofiled
+    out = model(input_ids=prompt, use_cache=True)  # the prompt, unprofiled: steps only
+    past, nxt = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        for _ in range(new_tokens):
+            out = model(input_ids=nxt, past_key_values=past, use_cache=True)
+            past, nxt = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+        wall = time.perf_counter() - t0
+    ms: dict[str, float] = defaultdict(float)
+    calls = 0
+    top: dict[str, float] = {}
+    for evt in prof.key_averages():
+        self_ms = evt.self_cpu_time_total / 1000
+        ms[_op_class(evt.key)] += self_ms
+        calls += evt.count
+        top[evt.key] = self_ms
+    total_ops = sum(ms.values())
+    ms["outside operators"] = max(0.0, 1000 * wall - total_ops)
+    per_tok = {k: v / new_tokens for k, v in ms.items()}
+    whole = sum(per_tok.values()) or 1.0
+    return {
+        "tokens": new_tokens,
+        "note": "one-token steps with the KV cache after the prompt, per generated token",
+        "wall_ms_per_token": round(1000 * wall / new_tokens, 3),
+        "ms_per_token": {k: round(v, 3) for k, v in sorted(per_tok.items(), key=lambda kv: -kv[1])},
+        "share": {
+            k: round(v / whole, 3) for k, v in sorted(per_tok.items(), key=lambda kv: -kv[1])
+        },
+        "operator_calls_per_token": round(calls / new_tokens, 1),
+        "top_ops_ms": {
+            k: round(v / new_tokens, 3) for k, v in sorted(top.items(), key=lambda kv: -kv[1])[:8]
+        },
+    }
+
+
 # --- per-module breakdown ----------------------------------------------------------------------
 
 ROLES = ("embed", "position", "attention", "mlp", "norm", "lm_head", "other")

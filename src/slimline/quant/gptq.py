@@ -9,11 +9,13 @@ llm-compressor: dead inputs (zero Hessian diagonal) zeroed, dampening ``damp * m
 activation order (largest ``diag H`` first), static groups (each group's grid fixed from the
 original weight before any update, which is what makes activation order and groups compatible),
 lazy block updates of ``block_size`` columns, upper Cholesky factor of ``H^-1``.
+Each group's grid comes from a clip search weighted by ``diag H`` (``observer="mse"``, the
+default: lower layer error than min-max on real SmolLM2 layers) or from the plain min-max range.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -46,6 +48,7 @@ class Gptq(WeightQuantConfig):
     actorder: bool = True
     static_groups: bool = True
     block_size: int = Field(default=128, gt=0)
+    observer: Literal["mse", "minmax"] = "mse"
     batch_size: int = Field(default=8, gt=0)
     min_calib_tokens: int = Field(default=512, gt=0)
 
@@ -79,6 +82,7 @@ def gptq_quantize(
     actorder: bool = True,
     static_groups: bool = True,
     block_size: int = 128,
+    observer: str = "mse",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """GPTQ of weight ``w [out, in]`` under Hessian ``h [in, in]``: (codes, scale, zero).
 
@@ -100,8 +104,13 @@ def gptq_quantize(
     h[dead, dead] = 1
     w[:, dead] = 0
 
-    if static_groups or actorder:
-        scale, zero = grid.qparams(w, scheme)  # fixed from the (dead-zeroed) original weight
+    def group_grid(cols: torch.Tensor, sch: QuantScheme, hd: torch.Tensor) -> tuple[Any, Any]:
+        if observer == "mse":
+            return grid.search_qparams(cols, sch, hd)
+        return grid.qparams(cols, sch)
+
+    if static_groups or actorder:  # fixed from the (dead-zeroed) original weight
+        scale, zero = group_grid(w, scheme, torch.diag(h))
     else:
         n_groups = scheme.n_groups(in_f)
         scale = torch.ones(out_f, n_groups)
@@ -126,7 +135,9 @@ def gptq_quantize(
             if not (static_groups or actorder) and col % gs == 0:
                 # dynamic groups: this group's grid from the weights as updated so far
                 w[:, col:i2] = w1[:, i:]
-                s, z = grid.qparams(w[:, col : col + gs], _PER_ROW[scheme.bits, scheme.symmetric])
+                span = slice(col, col + gs)
+                per_row = _PER_ROW[scheme.bits, scheme.symmetric]
+                s, z = group_grid(w[:, span], per_row, torch.diag(h)[span])
                 scale[:, g], zero[:, g] = s[:, 0], z[:, 0]
             wc = w1[:, i]
             s_c, z_c = scale[:, g], zero[:, g]
@@ -192,6 +203,7 @@ def apply_gptq(model: nn.Module, cfg: Gptq, ctx: Context) -> dict[str, Any]:
                 actorder=cfg.actorder,
                 static_groups=cfg.static_groups,
                 block_size=cfg.block_size,
+                observer=cfg.observer,
             )
             q = QuantLinear.from_codes(codes, scale, zero, scheme, lin.bias)
             w = lin.weight.detach()

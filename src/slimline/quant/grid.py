@@ -144,6 +144,44 @@ def qparams(w: torch.Tensor, scheme: QuantScheme) -> tuple[torch.Tensor, torch.T
     return qparams_from_range(lo, hi, scheme)
 
 
+def search_qparams(
+    w: torch.Tensor,
+    scheme: QuantScheme,
+    col_weight: torch.Tensor | None = None,
+    *,
+    steps: int = 20,
+    max_shrink: float = 0.2,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero of each (row, group) chosen by a clip search: the min-max range shrunk by
+    each factor in ``1, ..., 1 - max_shrink`` and kept where the group's rounding error
+    ``sum_j col_weight[j] (w - w_hat)^2`` is least (``col_weight`` = ``diag H`` weighs each input
+    column by how much its activations carry; ``None``: plain MSE).
+
+    Clipping a few outliers buys finer steps for every other weight; min-max is one candidate
+    (factor 1), so the error is never above min-max's.
+    """
+    check_weight(w)
+    w = w.float()
+    cw = torch.ones(w.shape[1]) if col_weight is None else col_weight.float().clamp(min=0)
+    lo, hi = _group_reduce(w, scheme)
+    best_s, best_z = qparams_from_range(lo, hi, scheme)
+    best_err = None
+    gidx = group_index(w.shape[1], scheme).to(w.device)
+    for k in range(steps + 1):
+        f = 1.0 - max_shrink * k / steps
+        s, z = qparams_from_range(lo * f, hi * f, scheme)
+        err_cols = (w - dequantize(quantize(w, s, z, scheme), s, z, scheme)) ** 2 * cw
+        err = torch.zeros_like(s).index_add_(1, gidx, err_cols)
+        if best_err is None:
+            best_err = err
+            continue
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_s = torch.where(better, s, best_s)
+        best_z = torch.where(better, z, best_z)
+    return best_s, best_z
+
+
 def _per_column(t: torch.Tensor, w: torch.Tensor, scheme: QuantScheme) -> torch.Tensor:
     # scale/zero may come per group [out, G] or already per column [out, in] / [out, 1]
     if t.shape[-1] == w.shape[-1] or t.shape[-1] == 1:

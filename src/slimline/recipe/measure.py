@@ -57,15 +57,31 @@ def cost(lm: Any, cfg: Latency) -> dict[str, Any]:
         return {}
     from slimline.profile import profile
 
-    p = profile(
-        lm,
-        seq_len=cfg.prefill_tokens,
-        new_tokens=cfg.decode_tokens,
-        prompt_len=cfg.prompt_tokens,
-        repeats=cfg.repeats,
-        threads=cfg.threads,
-        breakdown=False,
-    )
+    return _cost_metrics(profile(lm, repeats=cfg.repeats, breakdown=False, **_settings(cfg)), cfg)
+
+
+def paired_cost(lm: Any, baseline: Any, cfg: Latency) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``cost`` of ``lm`` and of ``baseline`` timed interleaved (A B A B, ``profile_paired``), so a
+    load change on a shared machine cannot make the compressed model look faster or slower than
+    it is; the runner compares the final model with its baseline this way."""
+    if cfg.engine != "torch":
+        return {}, {}
+    from slimline.profile import profile_paired
+
+    mine, theirs = profile_paired([lm, baseline], rounds=cfg.repeats, **_settings(cfg))
+    return _cost_metrics(mine, cfg, paired=True), _cost_metrics(theirs, cfg, paired=True)
+
+
+def _settings(cfg: Latency) -> dict[str, Any]:
+    return {
+        "seq_len": cfg.prefill_tokens,
+        "new_tokens": cfg.decode_tokens,
+        "prompt_len": cfg.prompt_tokens,
+        "threads": cfg.threads,
+    }
+
+
+def _cost_metrics(p: Any, cfg: Latency, paired: bool = False) -> dict[str, Any]:
     m = dict(p.metrics)
     m.pop("size/bytes", None)  # in-memory bytes; the runner sets size/bytes from disk
     m.pop("size/disk_bytes", None)
@@ -80,6 +96,7 @@ def cost(lm: Any, cfg: Latency) -> dict[str, Any]:
         "prompt_tokens": cfg.prompt_tokens,
         "decode_tokens": cfg.decode_tokens,
         "repeats": cfg.repeats,
+        "paired_with_baseline": paired,
         "cpu": (p.env.get("machine") or {}).get("cpu"),
     }
     return m

@@ -198,18 +198,31 @@ class _Run:
     # --- measuring -------------------------------------------------------------------------------
 
     def measure(
-        self, lm: Any, teacher: Any | None, ckpt: Path | None, *, quality: bool = True
-    ) -> dict[str, Any]:
+        self,
+        lm: Any,
+        teacher: Any | None,
+        ckpt: Path | None,
+        *,
+        quality: bool = True,
+        paired: bool = False,
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The model's metrics and, when ``paired``, the teacher's cost re-timed interleaved with
+        it (the fair baseline for latency targets; empty otherwise)."""
         s = self.recipe.eval
         m: dict[str, Any] = {}
+        base: dict[str, Any] = {}
         if quality:
             m.update(measure.quality(lm, self.eval_sets, s, teacher))
         m.update(measure.params(lm.model))
         if ckpt is not None:
             m["size/bytes"] = float(_dir_bytes(ckpt))
         if s.latency is not None and lm.kind == "causal-lm":
-            m.update(measure.cost(lm, s.latency))
-        return m
+            if paired and teacher is not None:
+                mine, base = measure.paired_cost(lm, teacher, s.latency)
+                m.update(mine)
+            else:
+                m.update(measure.cost(lm, s.latency))
+        return m, base
 
 
 def _environment(seed: int) -> dict[str, Any]:
@@ -298,7 +311,7 @@ def run_recipe(
             None,
             registry_home,
         )
-        base_metrics = run.measure(teacher, None, base_dir)
+        base_metrics, _ = run.measure(teacher, None, base_dir)
         # Against itself the teacher agrees everywhere and diverges nowhere, by definition.
         multi = len(run.eval_sets) > 1
         for metric, same in (("kl/teacher", 0.0), ("agree/top1", 1.0)):
@@ -344,7 +357,12 @@ def run_recipe(
             registry_home,
         )
         quality = recipe.eval.every_stage or last
-        metrics = run.measure(lm, teacher, ckpt, quality=quality)
+        metrics, base_cost = run.measure(lm, teacher, ckpt, quality=quality, paired=last)
+        if base_cost:  # the final model's latency is judged against the baseline timed beside it
+            baseline["unpaired_cost"] = {
+                k: v for k, v in baseline["metrics"].items() if k in base_cost
+            }
+            baseline["metrics"].update(base_cost)
         done.append(
             {
                 "index": i + 1,

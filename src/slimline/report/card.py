@@ -227,10 +227,14 @@ def model_card(state: dict[str, Any]) -> str:
     ]:
         setup = m.get("latency/setup")
         if setup:
+            paired = ""
+            if setup.get("paired_with_baseline"):
+                other = "the final model" if name == "baseline" else "the baseline"
+                paired = f"; timed interleaved with {other} (A B A B)"
             out.append(
                 f"- {name}: engine `{setup['engine']}`, {setup['threads']} threads, batch 1; prefill of "
                 f"{setup['prefill_tokens']} tokens, greedy decode of {setup['decode_tokens']} tokens after "
-                f"{setup['prompt_tokens']}; median of {setup['repeats']} after a warm-up"
+                f"{setup['prompt_tokens']}; median of {setup['repeats']} after a warm-up{paired}"
             )
         else:
             out.append(f"- {name}: latency not measured")
