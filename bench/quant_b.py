@@ -14,7 +14,6 @@ import argparse
 import copy
 import json
 import os
-import statistics
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -37,48 +36,70 @@ console = Console()
 def w8a8_table(
     lm, calib, evals, repeats: int, dump=lambda rows: None, threads: int = 2
 ) -> list[dict]:
-    configs = {
-        "fp32": None,
-        "torch quantize_dynamic int8 (peer)": "peer",
-        "W8A8 dynamic, no smoothing": W8A8(smooth_alpha=None),
-        "W8A8 dynamic + SmoothQuant 0.5": W8A8(smooth_alpha=0.5),
-        "W8A8 dynamic + SmoothQuant 0.8": W8A8(smooth_alpha=0.8),
-        "W8A8 static (mse) + SmoothQuant 0.5": W8A8(act="static", observer="mse", smooth_alpha=0.5),
+    """Perplexity of each W8A8 variant, then prefill and decode of the timed ones beside fp32
+    (``profile_paired``: A B A B per round). ``fbgemm`` rows are the same quantized weights as the
+    ``sim`` row above them, run on torch's int8 CPU kernel instead of the exact simulation."""
+    from slimline.profile import profile_paired
+    from slimline.quant import set_w8a8_backend
+
+    configs = {  # name: (config, backend, timed)
+        "fp32": (None, None, True),
+        "torch quantize_dynamic int8 (peer)": ("peer", None, True),
+        "W8A8 dynamic, no smoothing": (W8A8(smooth_alpha=None), "sim", False),
+        "W8A8 dynamic, no smoothing, fbgemm": ("same", "fbgemm", True),
+        "W8A8 dynamic + SmoothQuant 0.5": (W8A8(smooth_alpha=0.5), "sim", True),
+        "W8A8 dynamic + SmoothQuant 0.5, fbgemm": ("same", "fbgemm", True),
+        "W8A8 dynamic + SmoothQuant 0.8": (W8A8(smooth_alpha=0.8), "sim", False),
+        "W8A8 dynamic + SmoothQuant 0.8, fbgemm": ("same", "fbgemm", True),
+        "W8A8 static (mse) + SmoothQuant 0.5": (
+            W8A8(act="static", observer="mse", smooth_alpha=0.5),
+            "sim",
+            False,
+        ),
     }
-    models, rows = {}, []
-    for name, cfg in configs.items():
-        m = copy.deepcopy(lm.model)
+    models, rows, timed = {}, [], []
+    prev = None
+    for name, (cfg, backend, is_timed) in configs.items():
         t0 = time.perf_counter()
-        if cfg == "peer":
-            m = torch.ao.quantization.quantize_dynamic(m, {torch.nn.Linear}, dtype=torch.qint8)
-        elif cfg is not None:
-            quantize_w8a8(m, calib, cfg)
+        if cfg == "same":  # the previous row's weights on another kernel
+            m = copy.deepcopy(prev)
+            set_w8a8_backend(m, backend)
+        else:
+            m = copy.deepcopy(lm.model)
+            if cfg == "peer":
+                m = torch.ao.quantization.quantize_dynamic(m, {torch.nn.Linear}, dtype=torch.qint8)
+            elif cfg is not None:
+                quantize_w8a8(m, calib, cfg)
         secs = time.perf_counter() - t0
+        prev = m
         ppl = hf_perplexity(m, evals)
-        models[name] = m
+        if is_timed:
+            models[name] = m
+            timed.append(name)
         rows.append({"config": name, "ppl/python-docs": ppl, "compress_s": secs})
         console.print(f"{name}: ppl {ppl:.3f} ({secs:.1f} s to quantize)")
         dump(rows)  # a cut-off run still leaves the perplexities
-    # prefill of one 512-token window, interleaved A B A B
-    times: dict[str, list[float]] = {n: [] for n in models}
-    x = evals[:1]
-    from slimline.profile.runtime import torch_threads
-
-    with torch.inference_mode(), torch_threads(threads):
-        for m in models.values():
-            m(input_ids=x, use_cache=False, logits_to_keep=1)  # warm-up
-        for _ in range(repeats):
-            for n, m in models.items():
-                t0 = time.perf_counter()
-                m(input_ids=x, use_cache=False, logits_to_keep=1)
-                times[n].append(time.perf_counter() - t0)
-    fp = statistics.median(times["fp32"])
+    profs = profile_paired(
+        [models[n] for n in timed], rounds=repeats, threads=threads, tokenizer=lm.tokenizer
+    )
+    prof = dict(zip(timed, profs, strict=True))
+    base = prof["fp32"]
     for r in rows:
-        t = times[r["config"]]
-        r["prefill_ms"] = 1000 * statistics.median(t)
-        r["prefill_min_max_ms"] = (1000 * min(t), 1000 * max(t))
-        r["prefill_vs_fp32"] = statistics.median(t) / fp
         r["ppl_ratio"] = r["ppl/python-docs"] / rows[0]["ppl/python-docs"]
+        p = prof.get(r["config"])
+        if p is None:
+            continue
+        m = p.metrics
+        r["prefill_ms"] = m["latency/prefill_ms"]
+        r["prefill_min_max_ms"] = (m["latency/prefill_ms_min"], m["latency/prefill_ms_max"])
+        r["prefill_vs_fp32"] = m["latency/prefill_ms"] / base.metrics["latency/prefill_ms"]
+        r["decode_tok_s"] = m["latency/decode_tok_s"]
+        r["decode_min_max"] = (m["latency/decode_tok_s_min"], m["latency/decode_tok_s_max"])
+        r["decode_vs_fp32"] = m["latency/decode_tok_s"] / base.metrics["latency/decode_tok_s"]
+        pairs = zip(base.timings["decode_tok_s"], p.timings["decode_tok_s"], strict=True)
+        r["decode_paired_ratios"] = [b / a for a, b in pairs]
+        pairs = zip(base.timings["prefill_ms"], p.timings["prefill_ms"], strict=True)
+        r["prefill_paired_speedups"] = [a / b for a, b in pairs]
     return rows
 
 
@@ -92,8 +113,8 @@ def main() -> None:
     ap.add_argument("--eval", type=int, default=None, help="eval windows (64; quick 8)")
     ap.add_argument("--calib", type=int, default=None, help="calibration windows (128; quick 16)")
     args = ap.parse_args()
-    # quantization and perplexity at 1 thread (contended VM); prefill timings at --threads
-    torch.set_num_threads(1)
+    # quantization and perplexity at --threads too (use 1 on a machine shared with other jobs)
+    torch.set_num_threads(args.threads)
     n_eval, n_calib = (8, 16) if args.quick else (64, 128)
     n_eval, n_calib = args.eval or n_eval, args.calib or n_calib
     contexts = [256, 1024] if args.quick else [512, 1024, 2048]
@@ -112,15 +133,23 @@ def main() -> None:
 
         rows = w8a8_table(lm, calib, evals, repeats, dump, args.threads)
         t = Table(title=f"W8A8 on SmolLM2-135M ({n_eval} eval windows x 512, {n_calib} calib)")
-        for c in ("config", "ppl", "ratio", "prefill ms (median)", "vs fp32", "quantize s"):
+        cols = ("config", "ppl", "ratio", "prefill ms", "time vs fp32", "decode tok/s", "vs fp32")
+        for c in (*cols, "quantize s"):
             t.add_column(c)
         for r in rows:
+            timed = "prefill_ms" in r
             t.add_row(
                 r["config"],
                 f"{r['ppl/python-docs']:.3f}",
                 f"{r['ppl_ratio']:.3f}",
-                f"{r['prefill_ms']:.0f} ({r['prefill_min_max_ms'][0]:.0f}-{r['prefill_min_max_ms'][1]:.0f})",
-                f"{r['prefill_vs_fp32']:.2f}x",
+                f"{r['prefill_ms']:.0f} ({r['prefill_min_max_ms'][0]:.0f}-{r['prefill_min_max_ms'][1]:.0f})"
+                if timed
+                else "-",
+                f"{r['prefill_vs_fp32']:.2f}x" if timed else "-",
+                f"{r['decode_tok_s']:.1f} ({r['decode_min_max'][0]:.1f}-{r['decode_min_max'][1]:.1f})"
+                if timed
+                else "-",
+                f"{r['decode_vs_fp32']:.2f}x" if timed else "-",
                 f"{r['compress_s']:.1f}",
             )
         console.print(t)

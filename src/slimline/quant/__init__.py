@@ -22,7 +22,7 @@ from slimline.quant.grid import (
 from slimline.quant.linear import QuantLinear, measure_paths, set_path
 from slimline.quant.mixed import MixedPrecision
 from slimline.quant.rtn import Rtn
-from slimline.quant.smoothquant import W8A8, SmoothQuant
+from slimline.quant.smoothquant import W8A8, SmoothQuant, W8A8Linear, set_w8a8_backend
 
 __all__ = [
     "W8A8",
@@ -33,6 +33,7 @@ __all__ = [
     "QuantScheme",
     "Rtn",
     "SmoothQuant",
+    "W8A8Linear",
     "WeightQuantConfig",
     "dequantize",
     "dequantize_model",
@@ -44,5 +45,6 @@ __all__ = [
     "qparams",
     "quantize",
     "set_path",
+    "set_w8a8_backend",
     "sqnr_db",
 ]
