@@ -32,13 +32,14 @@ def _run(*args):
         ("rtn", ["--bits", "4", "--group-size", "32"], "QuantLinear"),
         ("gptq", ["--bits", "4", "--group-size", "32"], "QuantLinear"),
         ("w8a8", ["--smooth-alpha", "0.5"], "W8A8Linear"),
+        ("w8a8", ["--smooth-alpha", "-1", "--kernel", "fbgemm"], "W8A8Linear"),
         ("mixed", ["--avg-bits", "5", "--group-size", "32"], "QuantLinear"),
     ],
 )
 def test_every_method_writes_an_artifact_that_loads_and_runs(
     tiny_dir, tmp_path, method, extra, module
 ):
-    out = tmp_path / method
+    out = tmp_path / f"{method}{len(extra)}"
     r = _run(
         "quantize", tiny_dir, "--method", method, *extra,
         "--calib-samples", "8", "--seq-len", "64", "-o", out, "--json",
@@ -49,6 +50,8 @@ def test_every_method_writes_an_artifact_that_loads_and_runs(
     lm = load_model(str(out))
     kinds = {type(m).__name__ for m in lm.model.modules()}
     assert module in kinds, kinds
+    if "--kernel" in extra:  # the kernel choice travels with the artifact
+        assert {m.backend for m in lm.model.modules() if type(m).__name__ == module} == {"fbgemm"}
     with torch.no_grad():
         logits = lm.model(torch.randint(0, 200, (1, 16))).logits
     assert torch.isfinite(logits).all()

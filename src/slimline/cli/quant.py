@@ -26,6 +26,9 @@ def register(app: typer.Typer) -> None:
             0.5, "--smooth-alpha", help="w8a8: SmoothQuant migration strength (negative = off)"
         ),
         act: str = typer.Option("dynamic", "--act", help="w8a8: dynamic | static activations"),
+        kernel: str = typer.Option(
+            "sim", "--kernel", help="w8a8: sim (exact int8 simulation) | fbgemm (int8 CPU GEMM)"
+        ),
         avg_bits: float = typer.Option(4.0, "--avg-bits", help="mixed: budget in bits per weight"),
         json_out: bool = typer.Option(False, "--json", help="print JSON"),
     ) -> None:
@@ -49,6 +52,7 @@ def register(app: typer.Typer) -> None:
             smooth_alpha=None if smooth_alpha < 0 else smooth_alpha,
             act=act,
             avg_bits=avg_bits,
+            kernel=kernel,
         )
         if json_out:
             emit_json(res)

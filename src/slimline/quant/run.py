@@ -33,11 +33,13 @@ def make_quant_config(
     smooth_alpha: float | None = 0.5,
     act: str = "dynamic",
     avg_bits: float = 4.0,
+    kernel: str = "sim",
 ) -> TechniqueConfig:
     """The config for ``method`` (rtn | gptq | awq | w8a8 | mixed); ``group_size`` 0 or None = per
-    channel. ``smooth_alpha``/``act`` are W8A8's, ``avg_bits`` is mixed precision's budget."""
+    channel. ``smooth_alpha``/``act``/``kernel`` are W8A8's, ``avg_bits`` is mixed precision's
+    budget."""
     if method == "w8a8":
-        kw8: dict[str, Any] = {"smooth_alpha": smooth_alpha, "act": act}
+        kw8: dict[str, Any] = {"smooth_alpha": smooth_alpha, "act": act, "backend": kernel}
         if targets:
             kw8["targets"] = targets
         if ignore is not None:
@@ -86,13 +88,14 @@ def quantize_model(
     smooth_alpha: float | None = 0.5,
     act: str = "dynamic",
     avg_bits: float = 4.0,
+    kernel: str = "sim",
 ) -> dict[str, Any]:
     """Quantize the model at ``model`` and save it as a slimline artifact at ``out``."""
     from slimline.artifact import save_artifact
     from slimline.models import load_model
 
     cfg = make_quant_config(
-        method, bits, group_size, symmetric, targets, ignore, smooth_alpha, act, avg_bits
+        method, bits, group_size, symmetric, targets, ignore, smooth_alpha, act, avg_bits, kernel
     )
     if Path(out).exists():
         raise InputError(f"{out} already exists", "choose a new output directory")
