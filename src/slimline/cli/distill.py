@@ -45,7 +45,9 @@ def register(app: typer.Typer) -> None:
             100, "--max-steps", help="optimizer steps; 0 writes the cut student untrained"
         ),
         minutes: float = typer.Option(None, "--minutes", help="stop after this wall time"),
-        losses: str = typer.Option("kl=1", "--losses", help="weights, e.g. kl=1,hidden=0.1,ce=0.1"),
+        losses: str = typer.Option(
+            "kl=0.5,ce=0.5", "--losses", help="weights, e.g. kl=1,hidden=0.1,ce=0.1"
+        ),
         temperature: float = typer.Option(2.0, "--temperature"),
         seq_len: int = typer.Option(256, "--seq-len"),
         batch_size: int = typer.Option(4, "--batch-size"),
