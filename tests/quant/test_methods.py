@@ -224,3 +224,49 @@ def test_awq_folds_into_norms_and_keeps_the_function(smollm2_2blocks) -> None:
     assert alpha_qkv > 0
     assert not torch.equal(m.model.layers[0].input_layernorm.weight, norm_before)
     assert m.model.layers[0].self_attn.o_proj.input_scale is not None
+
+
+def test_gptq_shares_one_hessian_product_per_input_tensor(monkeypatch) -> None:
+    """q/k/v read the same tensor (and gate/up): one x^T x each, and the same Hessians as
+    computing it per layer."""
+    from slimline.models import tiny_model
+    from slimline.quant import gptq as gptq_mod
+
+    lm = tiny_model("llama")
+    ids = torch.randint(0, 1000, (12, 64), generator=torch.Generator().manual_seed(0))
+    hessians: dict[str, dict[str, torch.Tensor]] = {}
+    calls = {"n": 0}
+    prepare = gptq_mod._HessianAccumulator.prepare
+
+    def counting(self, x):
+        calls["n"] += 1
+        return prepare(self, x)
+
+    class PerLayer:  # the plain per-layer accumulation, no sharing (no ``prepare``)
+        def __init__(self, name, n):
+            self.acc = gptq_mod._HessianAccumulator(name, n)
+
+        def add(self, x):
+            self.acc.add(x)
+
+    for shared in (True, False):
+        m = copy.deepcopy(lm.model)
+        got = hessians.setdefault(str(shared), {})
+
+        def keep(step, lins, stats, undo, layers, got=got):
+            for n, st in stats.items():
+                got[n] = (st if hasattr(st, "h") else st.acc).h.clone()
+            return {}
+
+        monkeypatch.setattr(gptq_mod._HessianAccumulator, "prepare", counting)
+        from slimline.core import Context
+        from slimline.quant.config import calibrated_apply
+
+        make = gptq_mod._HessianAccumulator if shared else PerLayer
+        calibrated_apply(m, Gptq(bits=4, group_size=32), Context(calib=ids), "gptq", make, keep)
+        if shared:
+            # 2 blocks x 2 batches (12 samples, batch_size 8) x 4 distinct inputs, not 7 layers
+            assert calls["n"] == 2 * 2 * 4, calls
+    assert hessians["True"].keys() == hessians["False"].keys() and len(hessians["True"]) == 14
+    for n, h in hessians["True"].items():
+        torch.testing.assert_close(h, hessians["False"][n], rtol=0, atol=0)

@@ -184,12 +184,20 @@ def calibrated_apply(
         if not lins:
             return {}
         stats = {n: make_stats(n, m.in_features) for n, m in lins.items()}
+        memo: list[Any] = [None, None]  # the last input tensor and its prepared statistic
 
         def hook(name: str, _m: nn.Module, inp: torch.Tensor, _out: Any) -> None:
-            stats[name].add(inp)
+            st = stats[name]
+            if not hasattr(st, "prepare"):
+                st.add(inp)
+                return
+            if memo[0] is not inp:  # layers fed the very same tensor share one computation
+                memo[0], memo[1] = inp, st.prepare(inp)
+            st.add_prepared(memo[1])
 
         with step.capture(lins, hook):
             step.forward()
+        memo.clear()
         return quantize_block(step, lins, stats, undo, layers)
 
     try:
