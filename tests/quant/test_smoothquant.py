@@ -275,9 +275,9 @@ def test_fbgemm_backend_runs_real_int8_gemm_close_to_the_simulation(smol2, calib
         set_w8a8_backend(one_sim, "sim")
         one_ref = one_sim(input_ids=calib_short[:1, :1]).logits
     assert not torch.equal(fb, sim)  # a different kernel really ran (7-bit per-call activations)
-    # measured rel. sq. logit error, 4x64 tokens: sim 1.9e-4, fbgemm 7.3e-3 (one activation range
-    # per call is coarse for a prompt); one token per call: fbgemm vs sim 1.4e-4 (decode is fine)
-    assert _rel_err(fb, ref) < 0.02 and _rel_err(one, one_ref) < 0.002
+    # measured rel. sq. logit error, 4x64 tokens: sim 1.9e-4, fbgemm 6.7e-4 (7-bit per-token
+    # ranges; fbgemm's own one range per call gave 7.3e-3); one token: fbgemm vs sim 1.4e-4
+    assert _rel_err(fb, ref) < 0.002 and _rel_err(one, one_ref) < 0.002
     layer = next(x for x in m.modules() if isinstance(x, W8A8Linear))
     twin = copy.deepcopy(layer)  # prepacked weights are rebuilt after a copy
     x = torch.randn(3, layer.in_features)
