@@ -99,6 +99,17 @@ class QuantizedKVLayer(DynamicLayer):
         self._qk: tuple[torch.Tensor, ...] | None = None
         self._qv: tuple[torch.Tensor, ...] | None = None
 
+    # The layer owns every piece of state it reads. transformers' cache layers change their private
+    # attributes between releases (5.24 stopped setting ``DynamicLayer.dtype``, which broke us), so
+    # nothing below relies on what the base class happens to set (the dequantization dtype comes
+    # from the incoming states): only on the Cache-layer methods
+    # that transformers calls (update, get_seq_length, get_mask_sizes, crop, reset, ...).
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.device = key_states.device
+        self.keys = key_states.new_empty((*key_states.shape[:-2], 0, key_states.shape[-1]))
+        self.values = value_states.new_empty((*value_states.shape[:-2], 0, value_states.shape[-1]))
+        self.is_initialized = True
+
     def _group(self, D: int) -> int:
         # auto: one group per head for int8; 32 channels for int4, where SmolLM2's rotary key
         # outliers make one 4-bit grid per head too coarse (measured: teacher-forced top-1 agreement)
@@ -126,13 +137,13 @@ class QuantizedKVLayer(DynamicLayer):
     def _dequant(self, q: tuple[torch.Tensor, ...] | None, like: torch.Tensor) -> torch.Tensor:
         if q is None:
             return like[..., :0, :]
-        return dequantize_groups(*q, self.bits, self._group(like.shape[-1]), self.dtype)
+        return dequantize_groups(*q, self.bits, self._group(like.shape[-1]), like.dtype)
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the new states and return all keys/values (older ones dequantized)."""
-        if not self.is_initialized:
+        if not getattr(self, "is_initialized", False):
             self.lazy_initialization(key_states, value_states)
         self.cumulative_length += key_states.shape[-2]
         first = self._qk is None and self.keys.numel() == 0
@@ -176,7 +187,7 @@ class QuantizedKVLayer(DynamicLayer):
         if tokens_to_remove > 0:
             raise ConfigError("crop takes a negative count of tokens to remove", "pass -n")
         n = -tokens_to_remove
-        if n == 0 or not self.is_initialized:
+        if n == 0 or not getattr(self, "is_initialized", False):
             return
         self.cumulative_length -= n
         r = self.keys.shape[-2] if self.keys.numel() else 0
@@ -192,14 +203,16 @@ class QuantizedKVLayer(DynamicLayer):
             self._qv = tuple(t[..., : t.shape[-2] - left, :] for t in self._qv)
 
     def reset(self) -> None:
-        super().reset()
+        # not super().reset(): what the base class clears differs between transformers releases
+        self.keys = self.values = None
+        self.is_initialized = False
         self.cumulative_length = 0
         self._qk = self._qv = None
 
     def nbytes(self) -> int:
         """Bytes held by this layer's cache tensors (codes, scales, minima, fp window)."""
         tensors = [*(self._qk or ()), *(self._qv or ())]
-        if self.keys is not None:
+        if getattr(self, "keys", None) is not None:
             tensors += [self.keys, self.values]
         return sum(t.numel() * t.element_size() for t in tensors)
 
