@@ -209,7 +209,9 @@ def run_structured(args, lm, calib, windows, base, rec: Recorder) -> None:
         r = prune(m, cfg, data=cal)
         secs = time.perf_counter() - t0
         models[key] = m
-        rows[key] = {"prune_s": secs, "record": {k: v for k, v in r.items() if k != "per_block"}}
+        rec = r.model_dump(mode="json")  # the typed StageRecord; per-block detail left out
+        rec["details"].pop("per_block", None)
+        rows[key] = {"prune_s": secs, "record": rec}
         if not args.timing_only:  # speed does not depend on which channels go
             rows[key].update(ppl(m, tok, windows))
         print(

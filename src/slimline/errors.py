@@ -32,6 +32,10 @@ class DataError(InputError):
     """Text or calibration data that is missing, empty, too short or not text."""
 
 
+class NonFiniteError(InputError):
+    """NaN or Inf where numbers must be finite: a model's weights, or a metric they produce."""
+
+
 class ConfigError(InputError):
     """A technique config, recipe or target that does not validate."""
 
@@ -58,3 +62,9 @@ class TrainingError(SlimlineError):
     """A training run that cannot go on (NaN loss, a checkpoint from another run)."""
 
     exit_code = 6
+
+
+class EngineError(SlimlineError):
+    """An inference engine that is not installed, or that cannot load or run a model file."""
+
+    exit_code = 7

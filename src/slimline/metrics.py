@@ -2,6 +2,9 @@
 
 Names follow DESIGN.md: ``ppl/<dataset>``, ``kl/teacher``, ``agree/top1``, ``ece``,
 ``acc/<task>``, ``size/bytes``, ``latency/prefill_ms``, ``latency/decode_tok_s``, ``memory/peak_mb``.
+Evaluation suites add ``kl/p90|p99|max/<dataset>``, ``flip/<what>`` (share of answers that changed
+against the reference), ``shift/<dataset>``, ``noise/<kind>``, ``overconfidence[/<task>]``,
+``consistency/<ctx>``, ``spearman/teacher``; ``stderr/<metric>`` is a standard error (no direction).
 """
 
 from __future__ import annotations
@@ -21,6 +24,10 @@ LOWER_IS_BETTER = (
     "energy/",
     "time/",
     "loss",
+    "flip/",
+    "shift/",
+    "noise/",
+    "overconfidence",
 )
 HIGHER_IS_BETTER = (
     "acc/",
@@ -28,6 +35,8 @@ HIGHER_IS_BETTER = (
     "cos/",
     "recall@",
     "passkey/",
+    "consistency/",
+    "spearman/",
     "latency/decode",
     "throughput/",
     "f1",

@@ -115,12 +115,12 @@ def test_encoder_round_trip(tmp_path, minilm_tokenizer):
 
 
 def test_save_is_atomic_when_interrupted(tmp_path, llama, monkeypatch):
-    import safetensors.torch
+    import slimline.artifact.io as io
 
     def boom(*a, **k):
         raise RuntimeError("disk full (simulated)")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", boom)
+    monkeypatch.setattr(io, "write_safetensors", boom)  # the weights writer save_artifact uses
     with pytest.raises(RuntimeError, match="simulated"):
         save_artifact(llama, None, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []  # no target, no temp dir

@@ -105,7 +105,7 @@ def test_local_txt_and_jsonl_sources(tmp_path, tok):
     assert "line 3 of text" in load_text(str(j), field="body")
     with pytest.raises(DataError) as e:
         load_text(str(j), field="text")
-    assert "no field 'text'" in e.value.problem and "--field" in e.value.fix
+    assert "no field 'text'" in e.value.problem and "field=" in e.value.fix
 
 
 def test_hf_dataset_saved_to_disk(tmp_path, tok):

@@ -137,8 +137,10 @@ def test_distill_technique_in_a_recipe_stage(teacher, tmp_path):
         apply_technique(drop_blocks(teacher, keep=1).model, cfg, Context(train=ids))
 
 
-def test_cli_distill_and_resume(teacher, tmp_path):
+def test_cli_distill_and_resume(teacher, tmp_path, monkeypatch):
     from slimline.cli import app
+
+    monkeypatch.setenv("SLIMLINE_HOME", str(tmp_path / "home"))  # the run dir and registry
 
     tdir = tmp_path / "teacher"
     teacher.model.save_pretrained(tdir, safe_serialization=True)

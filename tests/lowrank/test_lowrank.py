@@ -95,8 +95,11 @@ def test_lora_trains_adapters_only_and_merges_exactly(tmp_path):
         before_merge = pm(input_ids=ids).logits
     out = save_adapter(pm, tmp_path / "adapter")
     assert (out / "adapter_model.safetensors").stat().st_size < 200_000
+    q = pm.get_submodule("base_model.model.model.layers.0.self_attn.q_proj")
+    assert torch.equal(q.base_layer.weight, base_w)  # training left the base weight frozen
     merged = merge_lora(pm)
-    assert torch.equal(base_w, base_w)  # base stays frozen until the merge
+    merged_w = merged.model.layers[0].self_attn.q_proj.weight
+    assert not torch.equal(merged_w, base_w)  # the merge folded the trained adapter in
     with torch.no_grad():
         torch.testing.assert_close(merged(input_ids=ids).logits, before_merge, atol=1e-4, rtol=1e-4)
 

@@ -163,7 +163,14 @@ def test_profile_bad_input() -> None:
     lm = tiny_model("llama")
     with pytest.raises(ConfigError, match="repeats"):
         profile(lm, repeats=0)
-    with pytest.raises(ConfigError, match="at most 1024 positions"):
-        profile(lm, seq_len=4096)
+    # Longer than the model's window: measured at the longest length it allows, and said so.
+    with pytest.warns(UserWarning, match="at most 1024 positions"):
+        p = profile(lm, seq_len=4096, new_tokens=8, prompt_len=1020, repeats=1, breakdown=False)
+    assert (p.settings["seq_len"], p.settings["new_tokens"], p.settings["prompt_len"]) == (
+        1024,
+        4,
+        1020,
+    )
+    assert p.settings["fitted_to_model"]["seq_len"] == {"asked": 4096, "used": 1024}
     with pytest.raises(InputError, match="cannot measure"):
         profile(42)

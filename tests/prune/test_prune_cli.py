@@ -13,6 +13,13 @@ from slimline.errors import ConfigError, InputError
 from slimline.models import tiny_model
 
 
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch):
+    """A private slimline home: the command's run dir and registry entries land there."""
+    monkeypatch.setenv("SLIMLINE_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("tiny") / "llama"
@@ -45,7 +52,7 @@ def test_structured_cli_writes_a_smaller_plain_hf_model(tiny_dir, tmp_path):
         c.intermediate_size,
         c.num_hidden_layers,
     ) == (4, 2, 96, 2)
-    log = json.loads((out / "prune_log.json").read_text())
+    log = json.loads((out / "slimline.json").read_text())  # the edit log is the stage trace
     assert [s["kind"] for s in log["stages"]] == ["prune.heads", "prune.mlp", "prune.blocks"]
 
 

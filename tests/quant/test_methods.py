@@ -62,9 +62,8 @@ def test_gptq_beats_rtn_on_real_smollm2_layers_held_out(smollm2_2blocks, smol_ac
     h_eval = _hessian(ev[name])
     e_gptq = layer_error(w, q.dequantized_weight(), h_eval)
     e_rtn = layer_error(w, fake_quantize(w, scheme), h_eval)
-    print(name, e_gptq, e_rtn)
     # measured on 2048 held-out python-docs tokens:
-    # q_proj gptq 1.33 vs rtn 10.71; down_proj gptq 2.69 vs rtn 5.20
+    # q_proj gptq 1.14 vs rtn 10.71; down_proj gptq 2.28 vs rtn 5.20
     assert e_gptq < 0.75 * e_rtn
 
 
@@ -84,8 +83,8 @@ def test_gptq_options_all_beat_rtn_and_groups_stay_static(smollm2_2blocks, smol_
 
             torch.testing.assert_close(scale, qparams(w, scheme)[0])
         q = QuantLinear.from_codes(codes, scale, zero, scheme)
-        print(actorder, static, layer_error(w, q.dequantized_weight(), h_eval), e_rtn)
-        # measured asym g128: rtn 1.13; gptq 0.45-0.50 across the three settings
+        # measured asym g128 (q_proj): rtn 8.16; gptq 2.73 (plain), 2.78 (static groups),
+        # 1.06 (act-order + static groups)
         assert layer_error(w, q.dequantized_weight(), h_eval) < 0.75 * e_rtn, (actorder, static)
 
 
@@ -100,8 +99,8 @@ def test_gptq_clip_search_grid_beats_min_max_grid_held_out(smollm2_2blocks, smol
         codes, scale, zero = gptq_quantize(w, h, scheme, damp=0.1, observer=observer)
         q = QuantLinear.from_codes(codes, scale, zero, scheme)
         err[observer] = layer_error(w, q.dequantized_weight(), h_eval)
-    print(name, err)
-    # measured on 2048 held-out tokens: q_proj 1.030 vs 1.124, down_proj 1.942 vs 2.273
+    # measured on 2048 held-out tokens (mse vs minmax): q_proj 1.030 vs 1.124,
+    # down_proj 1.942 vs 2.273
     assert err["mse"] < 0.95 * err["minmax"]
 
 
@@ -148,10 +147,13 @@ def test_gptq_beats_rtn_on_minilm_layers(minilm) -> None:
         codes, scale, zero = gptq_quantize(w, _hessian(cal[name]).float(), scheme)
         w_g = QuantLinear.from_codes(codes, scale, zero, scheme).dequantized_weight()
         h_eval = _hessian(ev[name])
-        print(name, layer_error(w, w_g, h_eval), layer_error(w, fake_quantize(w, scheme), h_eval))
-        # measured (MiniLM block 2, held-out paragraphs): query gptq 0.0 vs rtn 0.0;
-        # intermediate gptq 0.0 vs rtn 0.0
-        assert layer_error(w, w_g, h_eval) < 0.8 * layer_error(w, fake_quantize(w, scheme), h_eval)
+        e_gptq, e_rtn = (
+            layer_error(w, w_g, h_eval),
+            layer_error(w, fake_quantize(w, scheme), h_eval),
+        )
+        # measured (MiniLM block 2, held-out paragraphs): query gptq 1.16 vs rtn 4.83;
+        # intermediate gptq 4.89 vs rtn 22.8
+        assert 0 < e_gptq < 0.8 * e_rtn, (name, e_gptq, e_rtn)
 
 
 def test_awq_beats_rtn_on_a_layer_with_salient_channels() -> None:
@@ -167,8 +169,7 @@ def test_awq_beats_rtn_on_a_layer_with_salient_channels() -> None:
     s, alpha, err, rtn_err = search_scale([w], x.abs().mean(0), h, scheme)
     e_awq = output_error(w, scaled_fake_quant(w, s, scheme), h_ev)
     e_rtn = output_error(w, fake_quantize(w, scheme), h_ev)
-    print(alpha, e_awq, e_rtn)
-    # measured: alpha 0.58, held-out output error awq 0.0 vs rtn 0.0
+    # measured: alpha 0.21, held-out output error awq 5.60 vs rtn 9.80
     assert 0 < alpha <= 1 and err < rtn_err
     assert e_awq < 0.7 * e_rtn
 
@@ -194,8 +195,9 @@ def test_methods_on_truncated_smollm2_end_to_end(smollm2_2blocks) -> None:
         assert all(isinstance(m.get_submodule(r["name"]), QuantLinear) for r in rec["per_layer"])
         assert isinstance(m.lm_head, nn.Linear)  # kept unless asked
         errs[f"{cfg.kind}{cfg.bits}"] = float((_logits(m, ev) - ref).pow(2).mean())
-    print(errs)
-    # measured logit MSE vs fp32 (2 blocks, held-out): rtn4 0.0, gptq4 0.0, awq4 0.0, rtn8 0.0
+    # measured logit MSE vs fp32 (2 blocks, held-out): rtn4 1.26, gptq4 0.33, awq4 0.53,
+    # rtn8 0.0042
+    assert errs["quant.rtn8"] > 0  # every method changed the model: none is a no-op
     assert errs["quant.gptq4"] < errs["quant.rtn4"]
     assert errs["quant.awq4"] < errs["quant.rtn4"]
     assert errs["quant.rtn8"] < 0.05 * errs["quant.rtn4"]

@@ -13,6 +13,13 @@ from slimline.cli import app
 from slimline.models import load_model, tiny_model
 
 
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch):
+    """A private slimline home: the command's run dir and registry entries land there."""
+    monkeypatch.setenv("SLIMLINE_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("tiny") / "llama"

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from slimline.core import Context, TechniqueConfig, register_technique, select_modules
+from slimline.core import Context, SizeEffect, TechniqueConfig, register_technique, select_modules
 
 
 class TestRtn(TechniqueConfig):
@@ -24,6 +24,9 @@ class TestRtn(TechniqueConfig):
     ignore: list[str] = ["lm_head"]
     delay_s: float = 0.0
     signal: str | None = None
+
+    def size_effect(self) -> SizeEffect:
+        return SizeEffect(bits=self.bits)
 
 
 @register_technique(TestRtn, "test-only RTN: symmetric per-output-channel fake quantization")

@@ -119,16 +119,32 @@ def test_contradictory_targets(tiny_dir, tmp_path):
     sparse = mk([{"test.rtn": {"bits": 4}}, {"prune.magnitude": {"pattern": "2:4"}}])
     assert size_lower_bound_mb(sparse, params) == pytest.approx(bound)
     assert size_lower_bound_mb(mk([{"prune.heads": {}}, {"test.rtn": {"bits": 2}}]), params) is None
-    # Limits on different engines / both latency kinds together are fine.
+    # Both latency kinds together are fine on the engine and threads eval.latency measures with;
+    # a limit on another engine or thread count could only ever be "not measured": refused.
     ok = write(
         tmp_path,
         f"name: x\nmodel: {tiny_dir}\ntargets:\n  max_size_mb: 20\n"
-        "  max_prefill_ms: {value: 100, engine: onnxruntime, threads: 4}\n"
-        "  min_decode_tok_s: 5\nstages:\n  - test.rtn: {bits: 2}\n",
+        "  max_prefill_ms: {value: 100, engine: torch, threads: 4}\n"
+        "  min_decode_tok_s: 5\nstages:\n  - test.rtn: {bits: 2}\n"
+        "eval: {latency: {threads: 4}}\n",
         "ok.yaml",
     )
-    r = load_recipe(ok)
+    with pytest.raises(ConfigError) as e:
+        load_recipe(ok)
+    assert "min_decode_tok_s holds on torch with 2 threads" in e.value.problem
+    r = load_recipe(
+        write(
+            tmp_path,
+            ok.read_text().replace(
+                "min_decode_tok_s: 5", "min_decode_tok_s: {value: 5, threads: 4}"
+            ),
+            "ok2.yaml",
+        )
+    )
     assert r.targets.min_decode_tok_s.engine == "torch" and r.targets.max_prefill_ms.threads == 4
+    other = ok.read_text().replace("engine: torch, threads: 4}", "engine: onnxruntime, threads: 4}")
+    with pytest.raises(ConfigError, match="max_prefill_ms holds on onnxruntime"):
+        load_recipe(write(tmp_path, other, "other.yaml"))
     # memory below what the weights need, with no stage: refused too
     with pytest.raises(TargetError, match="max_memory_mb"):
         load_recipe(

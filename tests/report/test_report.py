@@ -24,6 +24,21 @@ SETUP = {
 }
 
 
+def change(**kw) -> dict:
+    """One entry of a typed stage record's ``modules`` (``slimline.core.ModuleChange``)."""
+    base = {"type_before": "Linear", "type_after": "QuantLinear", "name_after": None,
+            "shape_before": [576, 576], "shape_after": [576, 576], "bits_before": 32.0,
+            "bits_after": 32.0, "sparsity_after": None}  # fmt: skip
+    return {**base, **kw}
+
+
+def record(kind: str, modules: dict, **kw) -> dict:
+    """A typed stage record (``slimline.core.StageRecord``) as run.json holds it."""
+    return {"kind": kind, "config": {"kind": kind}, "modules": modules, "edits": [],
+            "params_before": 134_500_000, "params_after": 120_000_000, "bytes_before": 538_000_000,
+            "bytes_after": 150_000_000, "details": {}, **kw}  # fmt: skip
+
+
 def state() -> dict:
     """A run.json as the runner writes it: baseline, a prune stage, a quant stage with per-layer bits."""
     base = {
@@ -55,7 +70,7 @@ def state() -> dict:
         "memory/peak_mb": 300.0,
     }
     layers = {
-        f"model.layers.{b}.{r}": {"bits": 4 if (b + i) % 3 else 8, "mse": 0.01}
+        f"model.layers.{b}.{r}": change(bits_after=4 if (b + i) % 3 else 8)
         for b in range(4)
         for i, r in enumerate(("self_attn.q_proj", "mlp.down_proj"))
     }
@@ -109,7 +124,15 @@ def state() -> dict:
                 "index": 1,
                 "kind": "prune.mlp",
                 "config": {"kind": "prune.mlp", "ratio": 0.1},
-                "record": {"removed": 154},
+                "record": record(
+                    "prune.mlp",
+                    {
+                        "model.layers.0.mlp.up_proj": change(
+                            type_after="Linear", shape_after=[1382, 576]
+                        )
+                    },
+                    edits=[{"op": "remove_mlp_channels", "removed": 154}],
+                ),
                 "wall_s": 12.0,
                 "process_peak_rss_mb": 900.0,
                 "metrics": s1,
@@ -119,7 +142,7 @@ def state() -> dict:
                 "index": 2,
                 "kind": "quant.mixed",
                 "config": {"kind": "quant.mixed", "bits": 4, "ignore": ["lm_head"]},
-                "record": {"layers": layers},
+                "record": record("quant.mixed", layers),
                 "wall_s": 40.0,
                 "process_peak_rss_mb": 1100.0,
                 "metrics": s2,
@@ -183,21 +206,20 @@ def test_html_is_self_contained_with_plots_and_heatmap():
     assert "demo@1" in html
 
 
-def test_per_layer_finder():
+def test_per_layer_finder_reads_the_typed_record():
     q, vals = per_layer(state()["stages"][1]["record"])
     assert q == "bits" and len(vals) == 8 and set(vals.values()) == {4.0, 8.0}
-    assert per_layer({"removed": 3}) is None
-    # a list of layer records with names (the quantizers' form): the layer error is mapped
-    rows = [
-        {"name": f"model.layers.{i}.mlp.up_proj", "error": 0.1 * (i + 1), "rtn_error": 1.0}
+    # a structural stage (shapes changed, bits and zeros did not): nothing to map
+    assert per_layer(state()["stages"][0]["record"]) is None
+    # pruning leaves the bits alone and zeros behind: sparsity is mapped
+    pruned = {
+        f"model.layers.{i}.mlp.up_proj": change(type_after="Linear", sparsity_after=0.1 * (i + 1))
         for i in range(3)
-    ]
-    q, vals = per_layer({"per_layer": rows})
-    assert q == "error" and vals["model.layers.2.mlp.up_proj"] == pytest.approx(0.3)
-    assert per_layer({"sparsity": {"model.layers.0.mlp.up_proj": 0.5}}) == (
-        "sparsity",
-        {"model.layers.0.mlp.up_proj": 0.5},
-    )
+    }
+    q, vals = per_layer(record("prune.wanda", pruned))
+    assert q == "sparsity" and vals["model.layers.2.mlp.up_proj"] == pytest.approx(0.3)
+    # modules outside numbered blocks (the head) are not per-layer cells
+    assert per_layer(record("quant.rtn", {"lm_head": change(bits_after=4.0)})) is None
 
 
 def test_model_card_has_every_section_and_tells_what_got_worse():

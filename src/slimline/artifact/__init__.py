@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from slimline.artifact.atomic import atomic_dir, clean_stale, is_partial_output, temp_target
 from slimline.artifact.keys import home_dir, signing_key, trust_key, trusted_keys
 from slimline.artifact.spec import (
     FORMAT_VERSION,
     MANIFEST,
     SIGNATURE,
     WEIGHTS,
+    artifact_evidence,
     canonical_bytes,
     is_artifact,
     manifest_digest,
@@ -29,14 +31,19 @@ __all__ = [
     "ArtifactInfo",
     "VerifyReport",
     "artifact_digest",
+    "artifact_evidence",
+    "atomic_dir",
     "canonical_bytes",
+    "clean_stale",
     "home_dir",
     "is_artifact",
+    "is_partial_output",
     "load_artifact",
     "manifest_digest",
     "read_manifest",
     "save_artifact",
     "signing_key",
+    "temp_target",
     "trust_key",
     "trusted_keys",
     "verify_artifact",

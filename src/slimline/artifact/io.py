@@ -15,7 +15,6 @@ import os
 import platform
 import re
 import shutil
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from slimline.artifact import atomic as _atomic
 from slimline.artifact import keys as _keys
 from slimline.artifact.spec import (
     FORMAT,
@@ -31,6 +31,7 @@ from slimline.artifact.spec import (
     RESERVED_KEYS,
     SIGNATURE,
     WEIGHTS,
+    WEIGHTS_METADATA,
     canonical_bytes,
     is_artifact,
     manifest_digest,
@@ -39,7 +40,7 @@ from slimline.artifact.spec import (
 )
 from slimline.artifact.verify import signature_record, verify_artifact
 from slimline.core import Codec, get_codec, set_submodule
-from slimline.errors import ConfigError, InputError, ModelLoadError
+from slimline.errors import ConfigError, InputError, ModelLoadError, NonFiniteError
 from slimline.progress import track
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -123,9 +124,13 @@ def _expected_shapes(config: Any, cls: type) -> dict[str, tuple[int, ...]]:
 
 
 def _tensors_for_save(
-    model: nn.Module,
+    model: nn.Module, keep: Any = None
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, str]]:
+    """What goes into the weights file: tensors, codec modules, ties. ``keep(name)`` limits it to
+    part of the model (the streamed writer saves one block at a time; the rest is on meta)."""
     codecs = _codec_modules(model)
+    if keep is not None:
+        codecs = {n: m for n, m in codecs.items() if keep(n)}
     tensors: dict[str, torch.Tensor] = {}
     modules: dict[str, Any] = {}
     for name, mod in track(list(codecs.items()), "pack modules"):
@@ -139,7 +144,7 @@ def _tensors_for_save(
     seen: dict[tuple, str] = {}
     storages: set[int] = set()
     for key, t in model.state_dict().items():
-        if _under(key, prefixes):
+        if _under(key, prefixes) or (keep is not None and not keep(key)):
             continue
         if t.device.type == "meta":
             raise ConfigError(
@@ -161,6 +166,105 @@ def _tensors_for_save(
     return tensors, modules, tied
 
 
+def _check_finite_tensors(tensors: dict[str, torch.Tensor]) -> None:
+    """Never sign NaN/Inf weights: a signed artifact must be a model, not a verified wreck."""
+    from slimline.models.checks import count_nonfinite
+
+    for name, t in tensors.items():
+        n = count_nonfinite(t) if t.is_floating_point() else 0
+        if n:
+            raise NonFiniteError(
+                f"tensor {name} holds {n:,} non-finite value(s) (NaN/Inf): refusing to save it as an artifact",
+                "find the step that produced them (the input model, or the technique applied); "
+                "nothing was written",
+            )
+
+
+# safetensors writes tensors by dtype (its enum order, descending) then by name, offsets back to
+# back, JSON without spaces padded to 8 bytes; its metadata map in hash order, which made two saves
+# of one model differ by process: we write that map sorted, so a save is reproducible and a
+# streamed save (slimline.artifact.stream) is byte-identical to an in-memory one.
+_ST_ORDER = [
+    "BOOL", "F4", "F6_E2M3", "F6_E3M2", "U8", "I8", "F8_E5M2", "F8_E4M3", "F8_E8M0",
+    "I16", "U16", "F16", "BF16", "I32", "U32", "F32", "F64", "I64", "U64",
+]  # fmt: skip
+_ST_RANK = {d: i for i, d in enumerate(_ST_ORDER)}
+_ST_DTYPES = {
+    torch.bool: "BOOL", torch.uint8: "U8", torch.int8: "I8", torch.int16: "I16",
+    torch.uint16: "U16", torch.float16: "F16", torch.bfloat16: "BF16", torch.int32: "I32",
+    torch.uint32: "U32", torch.float32: "F32", torch.float64: "F64", torch.int64: "I64",
+    torch.uint64: "U64", torch.float8_e5m2: "F8_E5M2", torch.float8_e4m3fn: "F8_E4M3",
+}  # fmt: skip
+
+
+def write_safetensors(
+    path: Path,
+    entries: dict[str, tuple[str, list[int], int]],
+    chunks: Any,
+    metadata: dict[str, str] = WEIGHTS_METADATA,
+) -> None:
+    """Write a safetensors file of tensors ``{name: (dtype, shape, nbytes)}``, each one's bytes
+    from ``chunks(name)`` (an iterable of buffers), one tensor in memory at a time."""
+    order = sorted(entries, key=lambda k: (-_ST_RANK[entries[k][0]], k))
+    head: dict[str, Any] = {"__metadata__": dict(sorted(metadata.items()))}
+    pos = 0
+    for k in order:
+        dtype, shape, nbytes = entries[k]
+        head[k] = {"dtype": dtype, "shape": list(shape), "data_offsets": [pos, pos + nbytes]}
+        pos += nbytes
+    raw = json.dumps(head, separators=(",", ":"), ensure_ascii=False).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little") + raw)
+        for k in order:
+            n = 0
+            for buf in chunks(k):
+                f.write(buf)
+                n += memoryview(buf).nbytes
+            if n != entries[k][2]:
+                raise ConfigError(
+                    f"tensor {k} gave {n} bytes, its header says {entries[k][2]}",
+                    "report this as a bug: the weights file was not written",
+                )
+
+
+def _save_args(
+    model: Any, tokenizer: Any, manifest: dict[str, Any] | None
+) -> tuple[nn.Module, Any, dict[str, Any]]:
+    """``(model, tokenizer, caller's manifest)`` from what ``save_artifact`` accepts, refused early."""
+    if not isinstance(model, nn.Module) and hasattr(model, "model"):  # a LoadedModel
+        lm = model
+        model, tokenizer = lm.model, tokenizer if tokenizer is not None else lm.tokenizer
+        manifest = {"kind": lm.kind, **(manifest or {})}
+    if not isinstance(model, nn.Module) or not hasattr(model, "config"):
+        raise ConfigError(
+            f"save_artifact needs a transformers model, got {type(model).__name__}",
+            "pass a PreTrainedModel (LoadedModel.model) or a LoadedModel",
+        )
+    user = dict(manifest or {})
+    clash = RESERVED_KEYS & user.keys()
+    if clash:
+        raise ConfigError(
+            f"manifest fields {sorted(clash)} are written by save_artifact itself",
+            "drop them from `manifest`; pass the parent with parent=",
+        )
+    return model, tokenizer, user
+
+
+def _prepare_out(out_dir: str | os.PathLike[str], overwrite: bool) -> Path:
+    out = Path(out_dir)
+    # Leftovers of an earlier killed save to this same output go first (an overwrite that died
+    # between its two renames gets its old output back, so the check below sees it).
+    _atomic.clean_stale(out)
+    if out.exists() and not (overwrite and is_artifact(out)):
+        raise InputError(
+            f"{out} already exists",
+            "choose a new directory (from Python, save_artifact(..., overwrite=True) replaces an "
+            "existing artifact, never anything else)",
+        )
+    return out
+
+
 def save_artifact(
     model: Any,
     tokenizer: Any,
@@ -180,91 +284,105 @@ def save_artifact(
     Atomic: everything is written to a temp dir beside ``out_dir`` and renamed at the end, so an
     interrupted save leaves nothing behind. Accepts a ``slimline.models.LoadedModel`` too.
     """
-    if not isinstance(model, nn.Module) and hasattr(model, "model"):  # a LoadedModel
-        lm = model
-        model, tokenizer = lm.model, tokenizer if tokenizer is not None else lm.tokenizer
-        manifest = {"kind": lm.kind, **(manifest or {})}
-    if not isinstance(model, nn.Module) or not hasattr(model, "config"):
-        raise ConfigError(
-            f"save_artifact needs a transformers model, got {type(model).__name__}",
-            "pass a PreTrainedModel (LoadedModel.model) or a LoadedModel",
-        )
-    user = dict(manifest or {})
-    clash = RESERVED_KEYS & user.keys()
-    if clash:
-        raise ConfigError(
-            f"manifest fields {sorted(clash)} are written by save_artifact itself",
-            "drop them from `manifest`; pass the parent with parent=",
-        )
-    out = Path(out_dir)
-    if out.exists() and not (overwrite and is_artifact(out)):
-        raise InputError(
-            f"{out} already exists",
-            "choose a new directory, or pass overwrite=True to replace an existing artifact",
-        )
+    model, tokenizer, user = _save_args(model, tokenizer, manifest)
+    out = _prepare_out(out_dir, overwrite)
     parent_digest = _resolve_parent(parent)
     signer = _keys.load_private_key(key, home)
 
     tensors, modules, tied = _tensors_for_save(model)
-    config = copy.deepcopy(model.config)
-    config.architectures = [type(model).__name__]
-    expected = _expected_shapes(config, type(model))
-    reshaped = sorted(
-        k for k, t in tensors.items() if k in expected and expected[k] != tuple(t.shape)
-    )
-    kind = user.pop("kind", None) or (
-        "causal-lm" if type(model).__name__.endswith("ForCausalLM") else "encoder"
-    )
+    _check_finite_tensors(tensors)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        config.save_pretrained(tmp)
-        gen = getattr(model, "generation_config", None)
-        if gen is not None and getattr(model, "can_generate", lambda: False)():
-            gen.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(tmp))
-        from safetensors.torch import save_file
-
-        save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
-        files = {}
-        for p in track(sorted(tmp.rglob("*")), "hash files"):
-            if p.is_file():
-                rel = p.relative_to(tmp).as_posix()
-                files[rel] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-        full = {
-            **user,
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "kind": kind,
-            "tokenizer_class": type(tokenizer).__name__ if tokenizer is not None else None,
-            "created_at": user.get("created_at")
-            or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "parent": parent_digest,
-            "environment": environment(user.get("seed")),
-            "modules": modules,
-            "tied": tied,
-            "reshaped": reshaped,
-            "files": files,
+    def write_weights(path: Path) -> None:
+        entries = {
+            k: (_ST_DTYPES[t.dtype], list(t.shape), t.numel() * t.element_size())
+            for k, t in tensors.items()
         }
-        full = json.loads(canonical_bytes(full))  # what is stored is exactly what is signed
-        (tmp / MANIFEST).write_text(
-            json.dumps(full, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+        def chunks(name: str) -> Any:
+            yield tensors[name].reshape(-1).contiguous().view(torch.uint8).numpy()
+
+        write_safetensors(path, entries, chunks)
+
+    tmp = _atomic.new_temp_dir(out)
+    try:
+        return write_artifact(
+            tmp,
+            out,
+            model,
+            tokenizer,
+            user,
+            parent_digest=parent_digest,
+            signer=signer,
+            shapes={k: tuple(t.shape) for k, t in tensors.items()},
+            modules=modules,
+            tied=tied,
+            write_weights=write_weights,
         )
-        sig = signature_record(full, signer)
-        (tmp / SIGNATURE).write_text(json.dumps(sig, indent=2) + "\n")
-        if out.exists():  # overwrite: move the old one aside first, drop it only after the swap
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def write_artifact(
+    tmp: Path,
+    out: Path,
+    model: nn.Module,
+    tokenizer: Any,
+    user: dict[str, Any],
+    *,
+    parent_digest: str | None,
+    signer: Any,
+    shapes: dict[str, tuple[int, ...]],
+    modules: dict[str, Any],
+    tied: dict[str, str],
+    write_weights: Any,
+) -> ArtifactInfo:
+    """Fill the temp dir ``tmp`` (config, tokenizer, weights by ``write_weights(path)``, manifest,
+    signature) and rename it to ``out``. Shared by ``save_artifact`` and the streamed writer
+    (``slimline.artifact.stream``), which appends the weights block by block; the caller removes
+    ``tmp`` on failure. ``shapes``: every stored tensor's shape (for ``reshaped``)."""
+    user = dict(user)
+    config = copy.deepcopy(model.config)
+    config.architectures = [type(model).__name__]
+    expected = _expected_shapes(config, type(model))
+    reshaped = sorted(k for k, s in shapes.items() if k in expected and expected[k] != tuple(s))
+    kind = user.pop("kind", None) or (
+        "causal-lm" if type(model).__name__.endswith("ForCausalLM") else "encoder"
+    )
+    config.save_pretrained(tmp)
+    gen = getattr(model, "generation_config", None)
+    if gen is not None and getattr(model, "can_generate", lambda: False)():
+        gen.save_pretrained(tmp)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(tmp))
+    write_weights(tmp / WEIGHTS)
+    files = {}
+    for p in track(_atomic.files_in(tmp), "hash files"):
+        rel = p.relative_to(tmp).as_posix()
+        files[rel] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+    full = {
+        **user,
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "kind": kind,
+        "tokenizer_class": type(tokenizer).__name__ if tokenizer is not None else None,
+        "created_at": user.get("created_at")
+        or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "parent": parent_digest,
+        "environment": environment(user.get("seed")),
+        "modules": modules,
+        "tied": tied,
+        "reshaped": reshaped,
+        "files": files,
+    }
+    full = json.loads(canonical_bytes(full))  # what is stored is exactly what is signed
+    (tmp / MANIFEST).write_text(
+        json.dumps(full, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    )
+    sig = signature_record(full, signer)
+    (tmp / SIGNATURE).write_text(json.dumps(sig, indent=2) + "\n")
+    # overwrite: the old one is moved aside first and dropped only after the swap
+    _atomic.finish(tmp, out, replace=True)
     sizes = {p.relative_to(out).as_posix(): p.stat().st_size for p in out.rglob("*") if p.is_file()}
     return ArtifactInfo(
         path=out,

@@ -20,6 +20,9 @@ FORMAT_VERSION = 1
 MANIFEST = "slimline.json"
 SIGNATURE = "slimline.sig"
 WEIGHTS = "model.safetensors"
+# In the weights file's safetensors metadata: marks it as written by save_artifact, so a directory
+# whose manifest was deleted is still recognised as an artifact (and refused, not loaded as HF).
+WEIGHTS_METADATA = {"format": "pt", "slimline": FORMAT}
 # Files that can carry a pickle: refused on sight, never opened.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz")
 # Manifest keys the writer owns; a caller's manifest may not set them.
@@ -142,6 +145,35 @@ def is_artifact(path: str | Path) -> bool:
     """True when ``path`` is a directory holding a slimline manifest (not a verification)."""
     p = Path(path)
     return p.is_dir() and (p / MANIFEST).is_file()
+
+
+def safetensors_metadata(path: Path) -> dict[str, Any]:
+    """The ``__metadata__`` of a safetensors file's header ({} when unreadable); reads the header only."""
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > _MAX_HEADER:
+                return {}
+            header = json.loads(f.read(n).decode("utf-8"))
+    except (OSError, struct.error, UnicodeDecodeError, ValueError):
+        return {}
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return meta if isinstance(meta, dict) else {}
+
+
+def artifact_evidence(path: str | Path) -> str | None:
+    """Why ``path`` looks like a slimline artifact even without a readable manifest, or None.
+
+    A directory with this evidence is loaded as an artifact (verified) or not at all: deleting
+    ``slimline.json`` must not turn a refused, tampered artifact into a plain HF directory."""
+    p = Path(path)
+    if (p / MANIFEST).exists():
+        return f"it has {MANIFEST}"
+    if (p / SIGNATURE).exists():
+        return f"it holds an artifact signature ({SIGNATURE})"
+    if (p / WEIGHTS).is_file() and safetensors_metadata(p / WEIGHTS).get("slimline") == FORMAT:
+        return f"its {WEIGHTS} was written by slimline's artifact writer"
+    return None
 
 
 def check_safetensors_header(path: Path) -> dict[str, dict[str, Any]]:

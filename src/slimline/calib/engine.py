@@ -19,12 +19,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from slimline.calib.buffer import ActivationBuffer, ResidentList, new_buffer, run_stats
 from slimline.core import select_modules
 from slimline.errors import DataError
 from slimline.models.arch import Arch, get_arch
 from slimline.progress import track
 
 HookFn = Callable[[str, nn.Module, torch.Tensor, Any], None]
+STREAM_ATTR = "_slimline_stream"  # set on a lazily opened model by slimline.calib.stream
 
 
 class _StopForward(Exception):
@@ -54,17 +56,23 @@ class BlockStep:
     index: int
     name: str  # full dotted name, e.g. "model.layers.3"
     block: nn.Module
-    inputs: list[torch.Tensor]  # hidden states, one tensor per calibration batch
+    # hidden states, one tensor per calibration batch: a list, or under an activation limit
+    # (slimline.calib.buffer) a sequence to iterate or index, partly read back from disk
+    inputs: list[torch.Tensor]
     kwargs: list[dict[str, Any]]  # the other forward arguments, per batch
     device: torch.device
     outputs: list[torch.Tensor] | None = None  # set by a callback that left the block unchanged
     record: dict[str, Any] = field(default_factory=dict)
+    new_store: Callable[[], Any] = list  # the engine's bounded buffer (slimline.calib.buffer)
 
     @torch.no_grad()
     def forward(self, block: nn.Module | None = None) -> list[torch.Tensor]:
         """Run every calibration batch through ``block`` (default: this step's block)."""
         blk = block if block is not None else self.block
-        return [_first_tensor(blk(x, **kw)) for x, kw in zip(self.inputs, self.kwargs, strict=True)]
+        out = self.new_store()
+        for x, kw in zip(self.inputs, self.kwargs, strict=True):
+            out.append(_first_tensor(blk(x, **kw)))
+        return out
 
     def linears(
         self, targets: Iterable[str] | None = None, ignore: Iterable[str] | None = None
@@ -101,11 +109,17 @@ def _model_device(model: nn.Module) -> torch.device:
 
 @torch.no_grad()
 def capture_inputs(
-    model: nn.Module, arch: Arch, ids: torch.Tensor, batch_size: int, device: torch.device
+    model: nn.Module,
+    arch: Arch,
+    ids: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+    store: Any = None,
 ) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
-    """The first block's hidden-state inputs and forward kwargs for each calibration batch."""
+    """The first block's hidden-state inputs and forward kwargs for each calibration batch
+    (the inputs appended to ``store``, a list by default)."""
     first = arch.blocks(model)[0]
-    inputs: list[torch.Tensor] = []
+    inputs: list[torch.Tensor] = store if store is not None else []
     kwargs: list[dict[str, Any]] = []
 
     def grab(_m: nn.Module, args: tuple, kw: dict[str, Any]) -> None:
@@ -165,7 +179,10 @@ def run_blocks(
     """
     _check_ids(ids, min_samples)
     arch = get_arch(model)
-    home = _model_device(model)
+    # A streamed model (slimline.calib.stream) is a skeleton on the meta device: its source
+    # reads each part from disk when reached and writes it out (and frees it) when done.
+    stream = getattr(model, STREAM_ATTR, None)
+    home = torch.device("cpu") if stream is not None else _model_device(model)
     dev = torch.device(device) if device is not None else home
     block_list = arch.blocks(model)
     wanted = set(range(len(block_list))) if blocks is None else set(blocks)
@@ -173,42 +190,59 @@ def run_blocks(
     model.eval()
     # Everything but the blocks moves to the work device for the capture pass.
     offload = dev != home
-    if offload:
-        model.to(dev)
-        for blk in block_list:
-            blk.to(home)
-        block_list[0].to(dev)
-    inputs, kwargs = capture_inputs(model, arch, ids, batch_size, dev)
-    if offload:
-        block_list[0].to(home)
-    records: list[dict[str, Any]] = []
-    last = max(wanted) if wanted else -1
-    try:
-        for i in track(range(len(block_list)), desc):
-            if i > last:
-                break
-            blk = block_list[i]
-            if offload:
-                blk.to(dev)
-            step = BlockStep(i, arch.block_name(i), blk, inputs, kwargs, dev)
-            t0 = time.perf_counter()
-            rec = on_block(step) if i in wanted else None
-            outputs = step.outputs if step.outputs is not None else step.forward()
-            if rec is not None or i in wanted:
-                records.append(
-                    {
-                        "block": i,
-                        "name": step.name,
-                        "seconds": time.perf_counter() - t0,
-                        **(rec or {}),
-                        **step.record,
-                    }
-                )
-            if offload:
-                blk.to(home)
-            inputs = outputs
-    finally:
+    if stream is not None:
+        stream.begin(offload)
+    with run_stats() as stats:
+
+        def new_store() -> ResidentList | ActivationBuffer:
+            return new_buffer(stats)
+
         if offload:
-            model.to(home)
-        model.train(was_training)
-    return records
+            model.to(dev)
+            for blk in block_list:
+                blk.to(home)
+            block_list[0].to(dev)
+        inputs, kwargs = capture_inputs(model, arch, ids, batch_size, dev, new_store())
+        if offload:
+            block_list[0].to(home)
+        if stream is not None:
+            stream.stem_done()
+        records: list[dict[str, Any]] = []
+        last = max(wanted) if wanted else -1
+        try:
+            for i in track(range(len(block_list)), desc):
+                if i > last:
+                    break
+                blk = block_list[i]
+                if stream is not None:
+                    stream.load_block(i)
+                if offload:
+                    blk.to(dev)
+                step = BlockStep(
+                    i, arch.block_name(i), blk, inputs, kwargs, dev, new_store=new_store
+                )
+                t0 = time.perf_counter()
+                rec = on_block(step) if i in wanted else None
+                outputs = step.outputs if step.outputs is not None else step.forward()
+                if rec is not None or i in wanted:
+                    records.append(
+                        {
+                            "block": i,
+                            "name": step.name,
+                            "seconds": time.perf_counter() - t0,
+                            **(rec or {}),
+                            **step.record,
+                        }
+                    )
+                if offload:
+                    blk.to(home)
+                if stream is not None:
+                    stream.block_done(i)
+                if inputs is not outputs and hasattr(inputs, "close"):
+                    inputs.close()  # this block's inputs are spent: free them (and their spill files)
+                inputs = outputs
+        finally:
+            if offload:
+                model.to(home)
+            model.train(was_training)
+        return records

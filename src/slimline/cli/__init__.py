@@ -11,6 +11,8 @@ import importlib
 import os
 import pkgutil
 import sys
+import warnings
+from pathlib import Path
 
 import typer
 
@@ -36,6 +38,7 @@ def _register_all() -> None:
 
 
 _register_all()
+_PACKAGE_DIR = Path(__file__).resolve().parent.parent
 
 
 def fail(err: SlimlineError) -> None:
@@ -47,11 +50,30 @@ def fail(err: SlimlineError) -> None:
     raise SystemExit(err.exit_code)
 
 
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: object = None,
+    line: str | None = None,
+) -> None:
+    """Our warnings (calibration reuse, a profile fitted to a short window) as ``warning: ...``
+    lines; libraries' deprecation notices about their own internals are not the user's business
+    (shown with ``SLIMLINE_DEBUG=1``)."""
+    ours = Path(filename).resolve().is_relative_to(_PACKAGE_DIR)
+    if ours or os.environ.get("SLIMLINE_DEBUG") == "1":
+        typer.echo(f"warning: {message}", err=True)
+
+
 def main() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # our own bars say what happens
+    os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' per-load "Loading weights" bars
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
-        app()
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            app()
     except SlimlineError as err:
         if os.environ.get("SLIMLINE_DEBUG") == "1":
             raise

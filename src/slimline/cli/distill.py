@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import typer
 
@@ -62,19 +61,29 @@ def register(app: typer.Typer) -> None:
         resume: bool = typer.Option(
             False, "--resume", help="continue from the last checkpoint in OUT"
         ),
+        run_dir: str = typer.Option(
+            None, "--run-dir", help="run dir (trace, checkpoints, report); default under the home"
+        ),
+        no_register: bool = typer.Option(
+            False, "--no-register", help="do not add it to the registry"
+        ),
+        threads: int = typer.Option(2, "--threads", help="torch threads while compressing"),
         as_json: bool = typer.Option(False, "--json", help="print the run record as JSON"),
     ) -> None:
-        """Distil a teacher into a smaller student (built from the teacher, or given)."""
-        from slimline.core import make_config
-        from slimline.distill import distill
+        """Distil a teacher into a smaller student (cut from the teacher, or given), run as a
+        recipe: the student artifact goes to OUTPUT/model, the run (trace, checkpoints, report)
+        to the run dir; --resume continues training there (e.g. with more --max-steps)."""
+        from slimline.core import TechniqueConfig, make_config
         from slimline.distill.student import parse_student_spec
+        from slimline.recipe.compress import compress, compress_recipe, summary
+        from slimline.recipe.schema import DataSplit
 
         if (student_from is None) == (student is None):
             raise ConfigError(
                 "give exactly one of --student-from or --student",
                 "e.g. --student-from smollm2-135m:keep=20",
             )
-        s: Any = student
+        stages: list[TechniqueConfig] = []
         if student_from is not None:
             base, params = parse_student_spec(student_from)
             if not params:
@@ -86,33 +95,59 @@ def register(app: typer.Typer) -> None:
                     f"--student-from cuts {base!r} but the teacher is {teacher!r}",
                     "cut the student from the teacher, or pass a ready model with --student",
                 )
-            s = params
-        cfg = make_config(
-            "distill",
-            dict(
-                losses=_losses(losses),
-                temperature=temperature,
-                data=data,
-                seq_len=seq_len,
-                batch_size=batch_size,
-                grad_accum=grad_accum,
-                max_steps=max_steps,
-                minutes=minutes,
-                lr=lr,
-                warmup_steps=warmup,
-                checkpoint_every=checkpoint_every,
-                prune_sparsity=prune_sparsity,
-                seed=seed,
-            ),
+            stages.append(make_config("distill.student", params))
+        stages.append(
+            make_config(
+                "distill",
+                dict(
+                    teacher="base" if student is None else teacher,
+                    losses=_losses(losses),
+                    temperature=temperature,
+                    data=data,
+                    seq_len=seq_len,
+                    batch_size=batch_size,
+                    grad_accum=grad_accum,
+                    max_steps=max_steps,
+                    minutes=minutes,
+                    lr=lr,
+                    warmup_steps=warmup,
+                    checkpoint_every=checkpoint_every,
+                    prune_sparsity=prune_sparsity,
+                    seed=seed,
+                ),
+            )
         )
-        res = distill(teacher, s, data, cfg, output, resume=resume)
-        rec = res.record()
+        recipe = compress_recipe(
+            "distill",
+            teacher if student is None else student,
+            stages,
+            # angular block ranking: 8 windows of 128 tokens, as `slimline.distill.build_student`
+            calibration=DataSplit(n=8, seq_len=128),
+            seed=seed,
+        )
+        run = compress(
+            recipe,
+            Path(output) / "model",
+            replace=True,
+            what="student model dir",
+            run_dir=run_dir,
+            resume=True if resume else None,
+            register=not no_register,
+            threads=threads,
+        )
+        res = summary(run)
+        rec = {
+            **res["details"],
+            "model_dir": res["out"],
+            "student": res["stages"][0]["details"] if len(res["stages"]) > 1 else None,
+            **{k: res[k] for k in ("run_dir", "digest", "registered", "size_bytes", "params")},
+        }
         if as_json:
             emit_json(rec)
         else:
             out.print(
                 kv_table(
-                    f"distilled -> {res.model_dir}",
+                    f"distilled -> {res['out']}",
                     {k: v for k, v in rec.items() if not isinstance(v, (dict, list))},
                 )
             )

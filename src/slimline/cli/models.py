@@ -33,6 +33,39 @@ def register(app: typer.Typer) -> None:
         out.print(table)
         out.print(f"supported families: {', '.join(supported_families())}")
 
+    @models.command("families")
+    def families(
+        model: str = typer.Argument(None, help="also report this model (path or bundled name)"),
+        json_out: bool = typer.Option(False, "--json", help="print JSON"),
+    ) -> None:
+        """Which capabilities each family supports, asked of each capability's own guard."""
+        from rich.markup import escape
+        from rich.table import Table
+
+        from slimline.models.families import CAPABILITIES, family_table, report
+
+        reports = family_table()
+        if model:
+            from slimline.models import load_model
+
+            reports.append(report(load_model(model).model))
+        if json_out:
+            emit_json({"families": [r.to_dict() for r in reports]})
+            return
+        table = Table(title="capabilities per family (yes = the code path accepts it)")
+        for col in ("family", "arch", *CAPABILITIES):
+            table.add_column(col)
+        for r in reports:
+            cells = ["yes" if ok else "no" for ok, _ in r.capabilities.values()]
+            table.add_row(f"{r.model_type} ({r.family})", r.source, *cells)
+        out.print(table)
+        for r in reports:
+            notes = [f"{k}: {d}" for k, (ok, d) in r.capabilities.items() if d]
+            if r.specifics or notes:
+                out.print(f"[bold]{r.model_type}[/bold]: {', '.join(r.specifics) or 'plain'}")
+                for n in notes:
+                    out.print(f"  {escape(n)}")
+
     @models.command("prepare")
     def prepare() -> None:
         """Convert the bundled models once into the cache (done on first use otherwise)."""

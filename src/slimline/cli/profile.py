@@ -26,11 +26,19 @@ def register(app: typer.Typer) -> None:
             False, "--modules", help="only list module names (for targets/ignore)"
         ),
         json_out: bool = typer.Option(False, "--json", help="print JSON"),
+        engine: str = typer.Option(
+            "torch", "--engine", help="torch | llamacpp (a GGUF file, or MODEL exported to one)"
+        ),
     ) -> None:
         """Profile MODEL: params, bytes by dtype, FLOPs/token, prefill and decode latency, peak memory."""
         from slimline.models import load_model
         from slimline.profile import linear_io, module_roles, profile
 
+        if engine != "torch" and not modules:
+            _profile_engine(
+                model, engine, seq_len, new_tokens, prompt_len, repeats, threads, json_out
+            )
+            return
         lm = load_model(model)
         if modules:
             roles = module_roles(lm.model, lm.arch)
@@ -85,3 +93,34 @@ def register(app: typer.Typer) -> None:
             return
         for t in p.tables():
             out.print(t)
+
+
+def _profile_engine(
+    model: str,
+    engine: str,
+    seq_len: int,
+    new_tokens: int,
+    prompt_len: int,
+    repeats: int,
+    threads: int,
+    json_out: bool,
+) -> None:
+    """``--engine llamacpp``: the same protocol, measured in that engine."""
+    from slimline.cli._common import kv_table
+    from slimline.engines.profile import profile_engine
+
+    res = profile_engine(
+        model,
+        engine,
+        threads=threads,
+        seq_len=seq_len,
+        prompt_len=prompt_len,
+        new_tokens=new_tokens,
+        repeats=repeats,
+    )
+    if json_out:
+        emit_json(res)
+        return
+    env = res["env"]
+    title = f"{model} — {env['engine']} {env['version']}, {env['threads']} threads"
+    out.print(kv_table(title, res["metrics"]))

@@ -1,4 +1,4 @@
-"""`slimline prune MODEL ...` and `slimline prune-sensitivity MODEL ...`."""
+"""`slimline prune MODEL ...` (its stages run as a recipe) and `slimline prune-sensitivity MODEL ...`."""
 
 from __future__ import annotations
 
@@ -22,23 +22,38 @@ def register(app: typer.Typer) -> None:
         sparse_bits: int = typer.Option(
             None, "--sparse-bits", help="store non-zeros in 4 or 8 bits"
         ),
+        seed: int = typer.Option(0, "--seed"),
+        run_dir: str = typer.Option(
+            None, "--run-dir", help="run dir (trace, checkpoints, report); default under the home"
+        ),
+        no_register: bool = typer.Option(
+            False, "--no-register", help="do not add it to the registry"
+        ),
+        threads: int = typer.Option(2, "--threads", help="torch threads while compressing"),
         json_out: bool = typer.Option(False, "--json", help="print JSON"),
     ) -> None:
-        """Prune a model: unstructured / N:M (saved as a sparse artifact) and/or structured
-        heads, MLP channels, blocks (saved as a smaller plain HF model)."""
-        from slimline.prune.run import prune_model
+        """Prune a model: unstructured / N:M (kept as SparseLinear: bitmask + non-zeros) and/or
+        structured heads, MLP channels, blocks (a smaller dense model transformers loads as is).
+        The stages run as a recipe: artifact, trace, registry and report as `slimline run`."""
+        from slimline.prune.methods import prune_stages
+        from slimline.recipe.compress import compress, compress_recipe, summary
+        from slimline.recipe.schema import DataSplit
 
-        res = prune_model(
+        stages = prune_stages(method, sparsity, pattern, structured, None, sparse_bits)
+        recipe = compress_recipe(
+            "prune",
             model,
-            output,
-            method=method,
-            sparsity=sparsity,
-            pattern=pattern,
-            structured=structured,
-            calib=calib,
-            calib_samples=calib_samples,
-            seq_len=seq_len,
-            sparse_bits=sparse_bits,
+            stages,
+            calibration=DataSplit(source=calib, n=calib_samples, seq_len=seq_len),
+            seed=seed,
+        )
+        run = compress(recipe, output, run_dir=run_dir, register=not no_register, threads=threads)
+        res = summary(run)
+        sparse = any(getattr(s, "storage", "") == "sparse" for s in stages)
+        res["format"] = (
+            "slimline-artifact (SparseLinear: bitmask + non-zeros)"
+            if sparse
+            else "hf-loadable slimline artifact (a smaller dense model)"
         )
         if json_out:
             emit_json(res)
@@ -46,11 +61,12 @@ def register(app: typer.Typer) -> None:
         rows = {"out": res["out"], "format": res["format"], "params": res["params"]}
         rows["size/bytes"] = res["size_bytes"]
         for st in res["stages"]:
-            if "sparsity" in st:
-                rows[f"{st['kind']} sparsity"] = st["sparsity"]
-            if "params_after" in st:
+            if "sparsity" in st["details"]:
+                rows[f"{st['kind']} sparsity"] = st["details"]["sparsity"]
+            if st["params_after"] != st["params_before"]:
                 rows[f"{st['kind']} params"] = f"{st['params_before']} -> {st['params_after']}"
         rows["seconds"] = res["seconds"]
+        rows["run dir"] = res["run_dir"]
         out.print(kv_table("prune", rows))
 
     @app.command("prune-sensitivity")
@@ -67,8 +83,11 @@ def register(app: typer.Typer) -> None:
         """Per-layer sparsity vs output error on calibration data; optional allocation."""
         from slimline.data import calibration_blocks
         from slimline.models import load_model
+        from slimline.outputs import check_output
         from slimline.prune import allocate, sensitivity_sweep
 
+        if plot:
+            check_output(plot, kind="file", what="--plot file")  # before the sweep, not after
         lm = load_model(model)
         ids = calibration_blocks(lm.tokenizer, calib, n=calib_samples, seq_len=seq_len)
         sw = sensitivity_sweep(lm, ids, method=method)  # type: ignore[arg-type]

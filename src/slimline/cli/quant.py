@@ -1,4 +1,5 @@
-"""`slimline quantize MODEL --method rtn|gptq|awq|w8a8|mixed --bits 4 --group-size 128 -o OUT`."""
+"""`slimline quantize MODEL --method rtn|gptq|awq|w8a8|mixed --bits 4 --group-size 128 -o OUT`:
+one quantization stage run as a recipe by the recipe runner (artifact at OUT, run dir in the home)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,11 @@ def register(app: typer.Typer) -> None:
         bits: int = typer.Option(4, "--bits", help="2, 3, 4 or 8"),
         group_size: int = typer.Option(128, "--group-size", help="0 = one group per channel"),
         asym: bool = typer.Option(False, "--asym", help="asymmetric grid (zero points)"),
+        grid: str = typer.Option(
+            None,
+            "--grid",
+            help="solve on an engine grid: gguf-{q8_0,q6_k,q5_k,q5_0,q5_1,q4_k,q4_0,q4_1}",
+        ),
         targets: list[str] = typer.Option(None, "--targets", help="layer patterns (repeatable)"),
         ignore: list[str] = typer.Option(["lm_head"], "--ignore", help="layer patterns kept"),
         calib: str = typer.Option("python-docs", "--calib", help="calibration text source"),
@@ -30,30 +36,72 @@ def register(app: typer.Typer) -> None:
             "sim", "--kernel", help="w8a8: sim (exact int8 simulation) | fbgemm (int8 CPU GEMM)"
         ),
         avg_bits: float = typer.Option(4.0, "--avg-bits", help="mixed: budget in bits per weight"),
+        run_dir: str = typer.Option(
+            None, "--run-dir", help="run dir (trace, checkpoints, report); default under the home"
+        ),
+        no_register: bool = typer.Option(
+            False, "--no-register", help="do not add it to the registry"
+        ),
+        threads: int = typer.Option(2, "--threads", help="torch threads while compressing"),
         json_out: bool = typer.Option(False, "--json", help="print JSON"),
+        stream: bool = typer.Option(
+            False,
+            "--stream",
+            help="MODEL is a safetensors directory: read, compress and write one block at a "
+            "time (a model larger than memory); no evaluation, no registry row",
+        ),
     ) -> None:
         """Quantize (RTN, GPTQ, AWQ weight-only; W8A8 with SmoothQuant; mixed precision) and save
-        a slimline artifact."""
-        from slimline.quant.run import quantize_model
+        a slimline artifact: a one-stage recipe, run, registered and reported as `slimline run`."""
+        from slimline.quant.methods import make_quant_config
+        from slimline.recipe.compress import compress, compress_recipe, summary
+        from slimline.recipe.schema import DataSplit
 
-        res = quantize_model(
-            model,
-            output,
-            method=method,
-            bits=bits,
-            group_size=group_size,
-            symmetric=not asym,
-            targets=list(targets or []),
-            ignore=list(ignore),
-            calib=calib,
-            calib_samples=calib_samples,
-            seq_len=seq_len,
-            seed=seed,
-            smooth_alpha=None if smooth_alpha < 0 else smooth_alpha,
-            act=act,
-            avg_bits=avg_bits,
-            kernel=kernel,
+        cfg = make_quant_config(
+            method,
+            bits,
+            group_size,
+            not asym,
+            list(targets or []),
+            list(ignore),
+            None if smooth_alpha < 0 else smooth_alpha,
+            act,
+            avg_bits,
+            kernel,
+            grid,
         )
+        if stream:  # issue 15: streamed one-shot compression (slimline.calib.stream)
+            from slimline.calib.stream import cli_stream
+
+            res = cli_stream(model, output, cfg, calib, calib_samples, seq_len, seed, threads)
+            if json_out:
+                emit_json(res)
+            else:
+                out.print(kv_table("quantize --stream", res))
+            return
+        recipe = compress_recipe(
+            f"quantize-{method}",
+            model,
+            [cfg],
+            calibration=DataSplit(source=calib, n=calib_samples, seq_len=seq_len),
+            seed=seed,
+        )
+        run = compress(recipe, output, run_dir=run_dir, register=not no_register, threads=threads)
+        d = summary(run)
+        rec = d["stages"][0]
+        res = {
+            "out": d["out"],
+            "method": method,
+            "scheme": rec["details"].get("scheme", cfg.kind),
+            "layers": len(rec["modules"]),
+            "ragged_layers": len(rec["details"].get("ragged_layers", [])),
+            "packed_bytes": rec["details"].get("packed_bytes"),
+            "size_bytes": d["size_bytes"],
+            "digest": d["digest"],
+            "seconds": d["seconds"],
+            "run_dir": d["run_dir"],
+            "registered": d["registered"],
+        }
         if json_out:
             emit_json(res)
         else:

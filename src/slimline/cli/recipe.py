@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
         from slimline.recipe import check_recipe, load_recipe
 
         r = load_recipe(file, check=False)
-        found = {} if no_model else check_recipe(r)
+        found = check_recipe(r, model=not no_model)
         if json_out:
             emit_json({"ok": True, "recipe": r.to_dict(), "digest": r.digest(), **found})
             return

@@ -39,12 +39,17 @@ def register(app: typer.Typer) -> None:
                     "report": str(res.report),
                     "model_card": str(res.card),
                     "resumed_stages": res.resumed_from,
+                    "replaced": str(res.extra["replaced"]) if res.extra.get("replaced") else None,
                     "verdicts": [v.to_dict() for v in res.verdicts],
                     "metrics": {k: v for k, v in res.final.items() if isinstance(v, (int, float))},
                 }
             )
             return
         _print_verdicts(res.verdicts)
+        if res.extra.get("replaced"):
+            out.print(
+                f"the previous run was moved to {res.extra['replaced']} (delete it when sure)"
+            )
         if res.resumed_from:
             out.print(f"resumed: {res.resumed_from} stage(s) taken from checkpoints")
         out.print(f"artifact: {res.artifact} ({res.digest[:16] if res.digest else '—'})")

@@ -27,8 +27,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Generate with SMALL; when its confidence drops below THRESHOLD, LARGE decides."""
         from slimline.models import load_model
+        from slimline.outputs import check_output
         from slimline.serve import Cascade, CascadeConfig
 
+        if log is not None:  # appended to: an existing file is fine, an unwritable one is not
+            check_output(log, kind="file", replace=True, what="--log file")
         cfg = CascadeConfig(
             threshold=threshold, granularity=granularity, max_new_tokens=max_new_tokens
         )  # type: ignore[arg-type]

@@ -8,6 +8,7 @@ token. Eval blocks are the first non-overlapping windows of the eval part (BENCH
 from __future__ import annotations
 
 import hashlib
+import warnings
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,37 @@ def pack(ids: torch.Tensor, seq_len: int) -> torch.Tensor:
         )
     n = ids.numel() // seq_len
     return ids[: n * seq_len].view(n, seq_len)
+
+
+# Calibration windows are drawn at random offsets, so they overlap a little by design (BENCH.md's
+# 128 x 512 tokens from python-docs' ~57k fit tokens uses each token ~1.15 times). Asking for far
+# more window tokens than the text holds silently re-feeds the same tokens: warn past WARN_REUSE,
+# refuse past MAX_REUSE (average uses per token = windows x window length / tokens).
+WARN_REUSE = 2.0
+MAX_REUSE = 8.0
+
+
+def check_reuse(source: str, n_tokens: int, n: int, seq_len: int) -> float:
+    """Average uses per token of ``n`` windows of ``seq_len`` over ``n_tokens``: warns past
+    ``WARN_REUSE``, raises ``DataError`` past ``MAX_REUSE``. Returns the figure."""
+    reuse = n * seq_len / max(n_tokens, 1)
+    asked = f"{n} calibration windows of {seq_len} tokens ({n * seq_len:,} tokens)"
+    have = f"{source} has {n_tokens:,} tokens to calibrate on"
+    if reuse > MAX_REUSE:
+        most = max(1, int(MAX_REUSE * n_tokens // seq_len))
+        raise DataError(
+            f"{asked} from text that holds fewer: {have}, so each token would be used "
+            f"~{reuse:.0f} times (at most {MAX_REUSE:g} allowed)",
+            f"ask for at most {most} windows of {seq_len} tokens (--calib-samples, or data."
+            "calibration.n in a recipe), use shorter windows, or calibrate on more text",
+        )
+    if reuse > WARN_REUSE:
+        warnings.warn(
+            f"{asked}: {have}, so the windows overlap and each token is used ~{reuse:.1f} times "
+            "on average; calibrate on more text to see more distinct data",
+            stacklevel=3,
+        )
+    return reuse
 
 
 def _calib_starts(n_tokens: int, n: int, seq_len: int, seed: int) -> torch.Tensor:
@@ -97,6 +129,7 @@ def calibration_blocks(
             f"{source} has {ids.numel()} tokens to calibrate on, fewer than one window of {seq_len}",
             "use a shorter sequence length or more text",
         )
+    check_reuse(source, ids.numel(), n, seq_len)
     starts = _calib_starts(ids.numel(), n, seq_len, seed)
     return torch.stack([ids[s : s + seq_len] for s in starts.tolist()])
 

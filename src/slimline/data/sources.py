@@ -63,7 +63,8 @@ def _read_jsonl(path: Path, field: str) -> str:
             ) from e
         if not isinstance(obj, dict) or field not in obj:
             raise DataError(
-                f"{path}:{i} has no field {field!r}", "pass the text field's name with --field"
+                f"{path}:{i} has no field {field!r}",
+                f'give every line a {field!r} field (from Python: load_text(path, field="NAME"))',
             )
         rows.append(str(obj[field]))
     return "\n\n".join(rows)
@@ -87,7 +88,7 @@ def _read_hf_dataset(path: Path, field: str, split: str | None) -> str:
     if field not in ds.column_names:
         raise DataError(
             f"{path} has no column {field!r}",
-            f"columns: {', '.join(ds.column_names)}; pass --field",
+            f"columns: {', '.join(ds.column_names)}; name one from Python: load_text(path, field=...)",
         )
     return "\n\n".join(str(t) for t in ds[field])
 

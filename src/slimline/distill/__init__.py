@@ -4,6 +4,7 @@ teacher, sequence-level data, curriculum, in-loop compression hooks and one Acce
 from slimline.distill.config import LOSS_NAMES, DistillConfig
 from slimline.distill.hooks import GradualPruning, LoopHook, QuantAwareTraining, sparsity
 from slimline.distill.student import (
+    StudentCut,
     angular_importance,
     choose_blocks,
     drop_blocks,
@@ -28,6 +29,7 @@ __all__ = [
     "GradualPruning",
     "LoopHook",
     "QuantAwareTraining",
+    "StudentCut",
     "Teacher",
     "TeacherOutput",
     "TrainResult",

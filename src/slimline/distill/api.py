@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from slimline.core import Context, register_technique
+from slimline.core import Context, StageRecord, record_stage, register_technique
 from slimline.distill.config import DistillConfig
 from slimline.distill.curriculum import curriculum_order, difficulty
 from slimline.distill.hooks import GradualPruning, LoopHook, QuantAwareTraining
@@ -144,29 +144,13 @@ def _as_lm(x: Any, what: str) -> LoadedModel | None:
     )
 
 
-def _save_model(lm: LoadedModel, out: Path, record: dict[str, Any]) -> Path:
-    """Save the student: a signed artifact when the artifact module exists, else save_pretrained."""
-    target = out / "model"
-    try:
-        from slimline.artifact import save_artifact
-    except ImportError:
-        save_artifact = None
-    if save_artifact is not None:
-        save_artifact(lm, lm.tokenizer, target, manifest={"stages": [record]}, overwrite=True)
-        return target
-    import shutil
-    import tempfile
+def _save_model(lm: LoadedModel, out: Path, record: StageRecord) -> Path:
+    """Save the student as a signed artifact whose stage trace is the typed training record."""
+    from slimline.artifact import save_artifact
 
-    tmp = Path(tempfile.mkdtemp(dir=out, prefix=".model-"))
-    try:
-        lm.model.save_pretrained(tmp, safe_serialization=True)
-        if lm.tokenizer is not None:
-            lm.tokenizer.save_pretrained(str(tmp))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    target = out / "model"
+    manifest = {"stages": [record.model_dump(mode="json")]}
+    save_artifact(lm, lm.tokenizer, target, manifest=manifest, overwrite=True)
     return target
 
 
@@ -194,6 +178,12 @@ def distill(
     base = (config or DistillConfig()).model_dump()
     cfg = make_config("distill", {**base, **overrides})  # validates overrides: ConfigError if bad
     assert isinstance(cfg, DistillConfig)
+    if out_dir is not None:  # before any model is loaded or trained, not after training
+        from slimline.artifact.spec import is_artifact
+        from slimline.outputs import check_output
+
+        check_output(out_dir, replace=True, what="distill output dir")
+        check_output(Path(out_dir) / "model", replace=is_artifact, what="student model dir")
     t_lm = None
     if isinstance(teacher, (Teacher, CachedTeacher)):
         t = teacher
@@ -224,98 +214,102 @@ def distill(
     if data is None or isinstance(data, str):
         data = make_data(s_lm, data or cfg.data, cfg.seq_len, cfg.seed)
     out = Path(out_dir) if out_dir is not None else None
+    trained: list[TrainResult] = []
+
+    def run() -> dict[str, Any]:
+        trained.append(
+            fit(s_lm.model, t, data, cfg, out / "run" if out else None, cache_dir=out,
+                hooks=hooks, resume=resume, tokenizer=s_lm.tokenizer)
+        )  # fmt: skip
+        return {}
+
+    record = record_stage(s_lm.model, cfg, run)
+    s_lm.arch = get_arch(s_lm.model)
+    res = DistillResult(s_lm, trained[0], None)
+    if out is not None:
+        record = record.model_copy(
+            update={"details": json.loads(json.dumps(res.record(), default=str))}
+        )
+        res.model_dir = _save_model(s_lm, out, record)
+        (out / "distill.json").write_text(
+            json.dumps({"kind": "distill", "config": cfg.to_dict(), **res.record()}, indent=2)
+            + "\n"
+        )
+    return res
+
+
+def fit(
+    model: nn.Module,
+    teacher: Any,
+    data: Any,
+    cfg: DistillConfig,
+    run_dir: Path | None,
+    *,
+    cache_dir: Path | None = None,
+    hooks: list[LoopHook] | None = None,
+    resume: bool = False,
+    tokenizer: Any = None,
+) -> TrainResult:
+    """The one training path of the verb and the ``distill`` stage: wrap the teacher, order the
+    data by the curriculum, cache the teacher's top-k (in ``cache_dir``), add the config's
+    in-loop hooks, train ``model`` in place and leave it in eval mode."""
+    t = teacher if isinstance(teacher, (Teacher, CachedTeacher)) else Teacher(teacher)
+    ids = data["input_ids"] if isinstance(data, dict) else data
+    mask = data.get("attention_mask") if isinstance(data, dict) else None
     order = None
     if cfg.curriculum != "none":
-        ids = data["input_ids"] if isinstance(data, dict) else data
-        mask = data.get("attention_mask") if isinstance(data, dict) else None
         live = t.models[0] if isinstance(t, Teacher) else None
         order = curriculum_order(difficulty(live, ids, mask, by=cfg.curriculum))
     if cfg.cache_topk and isinstance(t, Teacher):
-        ids_all = data["input_ids"] if isinstance(data, dict) else data
-        m_all = data.get("attention_mask") if isinstance(data, dict) else None
-        if out is None:
+        if cache_dir is None:
             raise ConfigError(
                 "cache_topk needs an output directory to keep the cache in", "pass out_dir"
             )
-        where = out / "teacher_topk.safetensors"
+        where = cache_dir / "teacher_topk.safetensors"
         if not where.exists():
-            cache_teacher(t, ids_all, where, k=cfg.cache_topk, attention_mask=m_all)
-        t = CachedTeacher(where, ids_all)  # refuses a cache made for other data
-    all_hooks = make_hooks(cfg) + list(hooks or [])
-    s_lm.model.requires_grad_(True)
+            cache_teacher(t, ids, where, k=cfg.cache_topk, attention_mask=mask)
+        t = CachedTeacher(where, ids)  # refuses a cache made for other data
+    model.requires_grad_(True)
     result = train(
-        s_lm.model,
+        model,
         t,
         data,
         cfg,
-        out / "run" if out else None,
-        hooks=all_hooks,
+        run_dir,
+        hooks=make_hooks(cfg) + list(hooks or []),
         resume=resume,
-        tokenizer=s_lm.tokenizer,
+        tokenizer=tokenizer,
         curriculum_order=order,
     )
-    s_lm.model.eval()
-    s_lm.arch = get_arch(s_lm.model)
-    res = DistillResult(s_lm, result, None)
-    if out is not None:
-        rec = {"kind": "distill", "config": cfg.to_dict(), **res.record()}
-        res.model_dir = _save_model(s_lm, out, rec)
-        (out / "distill.json").write_text(
-            json.dumps({**rec, **res.record()}, indent=2, default=str) + "\n"
-        )
-    return res
+    model.eval()
+    return result
 
 
 @register_technique(DistillConfig)
 def apply_distill(model: nn.Module, cfg: DistillConfig, ctx: Context) -> dict[str, Any]:
     """Distil a teacher into this stage's model (the student), in place."""
-    if cfg.teacher == "base":
-        if ctx.teacher is None:
-            raise ConfigError(
-                "distill with teacher 'base' needs the model as it was before the recipe",
-                "run it inside a recipe, pass ctx.teacher, or name a teacher model",
-            )
-        t_model: Any = ctx.teacher
-    else:
-        t_model = load_model(cfg.teacher)
-    tok = ctx.tokenizer or (t_model.tokenizer if isinstance(t_model, LoadedModel) else None)
-    arch = get_arch(model)
-    s_lm = LoadedModel(model, tok, arch, arch.kind, "stage")
-    data: Any = ctx.train
-    if data is None:
-        if tok is None:
-            raise ConfigError(
-                "distill needs training data or a tokenizer to make it",
-                "set ctx.train or ctx.tokenizer",
-            )
-        data = make_data(s_lm, cfg.data, cfg.seq_len, cfg.seed)
-    t = Teacher(t_model)
+    if ctx.teacher is None:
+        raise ConfigError(
+            f"distill with teacher {cfg.teacher!r} needs the teacher model (the model as it was "
+            "before the recipe, for 'base') and none was given",
+            "run it inside a recipe (the runner supplies it), or pass ctx.teacher",
+        )
+    if ctx.train is None:
+        raise ConfigError(
+            "distill needs training data and none was given",
+            "run it inside a recipe (the runner supplies it), or pass ctx.train "
+            "(slimline.distill.make_data)",
+        )
+    tok = ctx.tokenizer or getattr(ctx.teacher, "tokenizer", None)
     out = ctx.workdir / "distill" if ctx.workdir is not None else None
-    resume = (
-        out is not None
-        and (out / "checkpoints").exists()
-        and any((out / "checkpoints").glob("step-*"))
+    # a stage killed mid-training, or re-entered with more steps, goes on from its checkpoints
+    resume = out is not None and any((out / "checkpoints").glob("step-*"))
+    r = fit(
+        model, ctx.teacher, ctx.train, cfg, out, cache_dir=ctx.workdir, resume=resume, tokenizer=tok
     )
-    model.requires_grad_(True)
-    order = None
-    if cfg.curriculum != "none":
-        ids = data["input_ids"] if isinstance(data, dict) else data
-        mask = data.get("attention_mask") if isinstance(data, dict) else None
-        order = curriculum_order(difficulty(t.models[0], ids, mask, by=cfg.curriculum))
-    r = train(
-        model,
-        t,
-        data,
-        cfg,
-        out,
-        hooks=make_hooks(cfg),
-        resume=resume,
-        tokenizer=tok,
-        curriculum_order=order,
-    )
-    model.eval()
     return {
         "steps": r.steps,
+        "resumed_from": r.resumed_from,
         "tokens": r.tokens,
         "seconds": round(r.seconds, 2),
         "first_loss": r.losses[0] if r.losses else None,

@@ -6,7 +6,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from slimline.core import TechniqueConfig
+from slimline.core import Need, TechniqueConfig
 
 LOSS_NAMES = ("kl", "rkl", "jsd", "ce", "hidden", "attn", "value", "embed")
 
@@ -27,6 +27,7 @@ class DistillConfig(TechniqueConfig):
     """
 
     kind: ClassVar[str] = "distill"
+    needs: ClassVar[frozenset[Need]] = frozenset({"train", "teacher"})
 
     teacher: str = "base"  # "base" = the model before the recipe, or a model spec
     losses: dict[str, float] = Field(default_factory=lambda: {"kl": 0.5, "ce": 0.5})

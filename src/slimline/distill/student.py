@@ -11,18 +11,22 @@ import copy
 import importlib
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import torch
+from pydantic import Field, model_validator
 from torch import nn
 
+from slimline.core import Context, Need, TechniqueConfig, register_technique
 from slimline.errors import ConfigError
 from slimline.models import LoadedModel, get_arch
 
 __all__ = [
+    "StudentCut",
     "angular_importance",
     "choose_blocks",
     "drop_blocks",
+    "keep_blocks",
     "parse_student_spec",
     "shrink_mlp",
     "student_from_config",
@@ -131,6 +135,17 @@ def drop_blocks(
     if not idx or idx[0] < 0 or idx[-1] >= n:
         raise ConfigError(f"block indices {list(indices)} are not within 0..{n - 1}", "fix them")
     model = copy.deepcopy(lm.model).requires_grad_(True)  # a teacher copy may be frozen
+    keep_blocks(model, idx)
+    model.eval()
+    out = LoadedModel(model, lm.tokenizer, get_arch(model), lm.kind, f"{lm.source}:blocks", lm.path)
+    out.extra["student"] = {"from": lm.source, "kept_blocks": idx, "teacher_blocks": n}
+    return out
+
+
+def keep_blocks(model: nn.Module, idx: Sequence[int]) -> None:
+    """Keep only blocks ``idx`` (sorted, valid) of ``model``, in place; config, ``layer_types``
+    and each attention's ``layer_idx`` follow."""
+    arch = get_arch(model)
     blocks = arch.blocks(model)
     kept = nn.ModuleList([blocks[i] for i in idx])
     _renumber(kept)
@@ -140,9 +155,59 @@ def drop_blocks(
     setattr(cfg, arch.config_keys["n_blocks"], len(idx))
     if getattr(cfg, "layer_types", None) is not None:
         cfg.layer_types = [cfg.layer_types[i] for i in idx]
-    model.eval()
-    out = LoadedModel(model, lm.tokenizer, get_arch(model), lm.kind, f"{lm.source}:blocks", lm.path)
-    out.extra["student"] = {"from": lm.source, "kept_blocks": idx, "teacher_blocks": n}
+
+
+class StudentCut(TechniqueConfig):
+    """Cut a student from the stage's model before distilling into it: keep ``keep`` blocks
+    (ranked by angular distance on calibration data, or ``importance: even`` for evenly spaced),
+    or drop every ``drop_every``-th block; and/or keep ``mlp`` of the MLP channels (by magnitude)."""
+
+    kind: ClassVar[str] = "distill.student"
+    keep: int | None = Field(None, ge=1)
+    drop_every: int | None = Field(None, ge=2)
+    importance: Literal["angular", "even"] = "angular"
+    mlp: float | None = Field(None, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _one_cut(self) -> StudentCut:
+        if self.keep is not None and self.drop_every is not None:
+            raise ValueError("give keep or drop_every, not both")
+        if self.keep is None and self.drop_every is None and self.mlp is None:
+            raise ValueError("say how to cut: keep, drop_every and/or mlp")
+        return self
+
+    def requires(self) -> frozenset[Need]:
+        """Calibration data to rank blocks by angular distance; none for the other cuts."""
+        angular = self.keep is not None and self.importance == "angular"
+        return frozenset({"calib"}) if angular else frozenset()
+
+
+@register_technique(StudentCut)
+@torch.no_grad()
+def apply_student_cut(model: nn.Module, cfg: StudentCut, ctx: Context) -> dict[str, Any]:
+    """Cut the student from the teacher in place: blocks first, then MLP width."""
+    arch = get_arch(model)
+    n = arch.n_blocks(model.config)
+    out: dict[str, Any] = {"teacher_blocks": n}
+    if cfg.keep is not None or cfg.drop_every is not None:
+        importance = None
+        if "calib" in cfg.requires():
+            if ctx.calib is None:
+                raise ConfigError(
+                    "ranking blocks by angular distance needs calibration data and none was given",
+                    "run it as a recipe stage (the runner supplies it), or use importance: even",
+                )
+            lm = LoadedModel(model, ctx.tokenizer, arch, arch.kind, "stage")
+            importance = angular_importance(lm, ctx.calib)
+        idx = choose_blocks(n, keep=cfg.keep, drop_every=cfg.drop_every, importance=importance)
+        keep_blocks(model, idx)
+        out["kept_blocks"] = idx
+    if cfg.mlp is not None and cfg.mlp < 1.0:
+        from slimline.prune.structured import PruneMlp, apply_mlp
+
+        inter = get_arch(model).intermediate(model.config)
+        rec = apply_mlp(model, PruneMlp(amount=1.0 - cfg.mlp, importance="magnitude"), ctx)
+        out.update(mlp_keep=cfg.mlp, teacher_intermediate=inter, edits=rec.get("edits", []))
     return out
 
 
@@ -175,10 +240,11 @@ def shrink_mlp(lm: LoadedModel, ratio: float) -> LoadedModel:
         new.extra["student"] = {"from": lm.source, "mlp_keep": ratio, "prune": rec.get("params")}
         return new
     arch = lm.arch
-    if arch.conv1d:
+    if arch.conv1d or arch.mlp_fused:
         raise ConfigError(
-            "MLP shrinking here supports nn.Linear families (llama, opt, bert), not gpt2 Conv1D",
-            "drop blocks instead, or use the pruning area's prune.mlp",
+            f"MLP shrinking here supports separate nn.Linear projections, not {arch.family}'s "
+            "Conv1D / fused gate_up",
+            "drop blocks instead, or use the pruning area's prune.mlp (it splits fused gate_up)",
         )
     model = copy.deepcopy(lm.model).requires_grad_(True)
     inter = arch.intermediate(model.config)
@@ -226,14 +292,18 @@ def student_from_config(
             )
         setattr(cfg, k, v)
     n_key = arch.config_keys["n_blocks"]
-    if getattr(cfg, "layer_types", None) is not None:
-        cfg.layer_types = [cfg.layer_types[0]] * getattr(cfg, n_key)
+    teacher_types = getattr(teacher.model.config, "layer_types", None)
+    if teacher_types is not None and "layer_types" not in overrides:
+        # each student block takes its teacher block's attention type (Gemma's sliding/global
+        # pattern survives), by the same uniform map that assigns its weights
+        pick = layer_map(getattr(cfg, n_key), arch.n_blocks(teacher.model.config), "uniform")
+        cfg.layer_types = [teacher_types[pick[i + 1] - 1] for i in range(getattr(cfg, n_key))]
     if arch.hidden(cfg) > arch.hidden(teacher.model.config) and not allow_wider:
         raise ConfigError(
             f"the student is wider than its teacher ({arch.hidden(cfg)} > "
             f"{arch.hidden(teacher.model.config)}): no weights map and it is not smaller",
-            "choose hidden_size <= the teacher's, or pass allow_wider=True and train hidden "
-            "losses with a projection",
+            "choose hidden_size <= the teacher's, or pass allow_wider=True to student_from_config "
+            "and train hidden losses with a projection",
         )
     torch.manual_seed(seed)
     cls = AutoModel if teacher.kind == "encoder" else AutoModelForCausalLM

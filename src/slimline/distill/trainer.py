@@ -76,7 +76,7 @@ def _as_data(data: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     if mask is not None and mask.shape != ids.shape:
         raise DataError(
             f"attention_mask {tuple(mask.shape)} does not match input_ids {tuple(ids.shape)}",
-            "tokenize with padding=True and pass both tensors from the same call",
+            "tokenize with tokenizer(texts, padding=True) and pass both tensors from that call",
         )
     return ids.long(), mask
 
@@ -119,6 +119,17 @@ def _tensor_digest(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+def _config_identity(model: nn.Module) -> dict[str, Any] | None:
+    """The student's HF config minus where it was read from: a student built in memory and the
+    same student reloaded from its checkpoint (a resumed recipe) are the same student."""
+    if not hasattr(model, "config"):
+        return None
+    d = model.config.to_dict()
+    for k in ("_name_or_path", "architectures", "transformers_version"):
+        d.pop(k, None)
+    return d
+
+
 def run_fingerprint(cfg: DistillConfig, student: nn.Module, teacher: Any, ids: torch.Tensor) -> str:
     """What makes two runs the same run: config (minus run length), student config and initial
     weights, teacher identity, data content."""
@@ -126,7 +137,7 @@ def run_fingerprint(cfg: DistillConfig, student: nn.Module, teacher: Any, ids: t
 
     ident = {
         "config": cfg.identity(),
-        "student_config": student.config.to_dict() if hasattr(student, "config") else None,
+        "student_config": _config_identity(student),
         "student_weights": _tensor_digest(student),
         "teacher": teacher.identity(),
         "data": fingerprint(ids),
@@ -323,7 +334,9 @@ def train(
     fp = run_fingerprint(cfg, student, teacher, ids)
     for h in hooks:  # before the optimizer: a hook may swap modules (QAT) or add parameters
         h.on_start(student, start_step_hint(out, resume), cfg.max_steps)
-    accelerator = Accelerator(mixed_precision=_mixed_precision(cfg.mixed_precision))
+    accelerator = Accelerator(
+        mixed_precision=_mixed_precision(cfg.mixed_precision), cpu=_cpu_processes()
+    )
     dev = accelerator.device
     params = list(student.parameters()) + (list(proj.parameters()) if proj is not None else [])
     if not any(p.requires_grad for p in params):
@@ -388,6 +401,7 @@ def train(
             shutil.rmtree(tmp, ignore_errors=True)
         accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp), safe_serialization=True)
+        accelerator.wait_for_everyone()  # every process's state is in tmp before the rename
         if accelerator.is_main_process:
             save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
             meta = {
@@ -461,6 +475,10 @@ def train(
             for k, v in terms.items():
                 step_terms[k] = step_terms.get(k, 0.0) + v / cfg.grad_accum
             step_tokens += int(b_mask.sum()) if b_mask is not None else b_ids.numel()
+        if accelerator.num_processes > 1:
+            step_loss, step_terms, step_tokens = _global_step(
+                accelerator, step_loss, step_terms, step_tokens
+            )
         grad_norm = None
         if cfg.clip:
             grad_norm = float(accelerator.clip_grad_norm_(params, cfg.clip))
@@ -471,7 +489,7 @@ def train(
         for h in hooks:
             hook_fields.update(h.after_step(raw_student, step) or {})
         losses.append(step_loss)
-        tokens_total += step_tokens * accelerator.num_processes
+        tokens_total += step_tokens
         dt = time.perf_counter() - ts
         if log_path is not None and accelerator.is_main_process and step % cfg.log_every == 0:
             _append(
@@ -483,7 +501,8 @@ def train(
                     "lr": sched.get_last_lr()[0],
                     "grad_norm": grad_norm,
                     "tokens": tokens_total,
-                    "tokens_per_s": step_tokens * accelerator.num_processes / max(dt, 1e-9),
+                    "tokens_per_s": step_tokens / max(dt, 1e-9),
+                    "processes": accelerator.num_processes,
                     **hook_fields,
                 },
             )
@@ -521,6 +540,30 @@ def train(
             "mapping": mapping,
             "hooks": hook_records,
         },
+    )
+
+
+def _cpu_processes() -> bool:
+    """True for a multi-process launch (``accelerate launch --multi_gpu``, ``torchrun``) on a
+    machine without GPUs: Accelerate then runs data-parallel on the CPU with gloo instead of
+    taking each process for a lone one (its CPU launcher needs MPI)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+
+
+def _global_step(
+    accelerator: Any, loss: float, terms: dict[str, float], tokens: int
+) -> tuple[float, dict[str, float], int]:
+    """The step's loss and terms over the global batch (the mean of the processes' equal
+    shares, which is what their averaged gradients descend) and its total tokens: the logged
+    curve of N processes is the one process's at the same global batch."""
+    keys = sorted(terms)
+    t = torch.tensor([loss, *(terms[k] for k in keys), float(tokens)], dtype=torch.float64)
+    t = accelerator.reduce(t.to(accelerator.device), reduction="sum").cpu()
+    n = accelerator.num_processes
+    return (
+        float(t[0]) / n,
+        {k: float(v) / n for k, v in zip(keys, t[1:-1], strict=True)},
+        int(t[-1]),
     )
 
 

@@ -10,6 +10,7 @@ from torch import nn
 
 from slimline.core import (
     Context,
+    Need,
     TechniqueConfig,
     register_technique,
     require_selection,
@@ -47,6 +48,7 @@ class Asvd(Svd):
     """Activation-aware SVD: whiten by the calibration inputs' Gram matrix, then truncate."""
 
     kind: ClassVar[str] = "lowrank.asvd"
+    needs: ClassVar[frozenset[Need]] = frozenset({"calib"})
     damp: float = Field(0.01, ge=0, le=1)
     batch_size: int = Field(8, ge=1)
 

@@ -1,64 +1,23 @@
-"""Where each model family keeps its blocks, attention, MLP, embeddings, head and norms.
+"""Where each model keeps its blocks, attention, MLP, embeddings, head and norms.
 
-Described once per family so structured pruning, layer dropping and the calibration engine read
-names instead of guessing them. To support a new family, add a ``_Family`` entry below: the
-dotted path of the block list and of each role inside a block, and the config field names.
+Discovery first, tables second: ``get_arch`` describes any decoder-only HF model from its module
+tree, config and a forward check (``slimline.models.discover``, cached per model class); the
+hand-written ``FAMILIES`` below remain only where discovery cannot be sure, and override it.
+Structured pruning, layer dropping, the calibration engine and the quantizers read roles from
+here instead of guessing names.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
 from slimline.errors import UnsupportedArchitectureError
+from slimline.models.discover import Layout, discover
 
-
-@dataclass(frozen=True)
-class _Family:
-    family: str
-    kind: str  # "causal-lm" | "encoder"
-    blocks: tuple[str, ...]  # candidate paths of the block list, from the model root
-    roles: dict[str, Any]  # role -> name relative to a block; mlp_in is a tuple
-    embed: tuple[str, ...]
-    pos_embed: tuple[str, ...] | None
-    final_norm: tuple[str, ...] | None
-    lm_head: str | None
-    config_keys: dict[str, str | None]
-    conv1d: bool = False
-    post_norm: bool = False
-
-
-_LLAMA = _Family(
-    family="llama",
-    kind="causal-lm",
-    blocks=("model.layers", "layers"),
-    roles={
-        "q": "self_attn.q_proj",
-        "k": "self_attn.k_proj",
-        "v": "self_attn.v_proj",
-        "o": "self_attn.o_proj",
-        "mlp_in": ("mlp.gate_proj", "mlp.up_proj"),
-        "mlp_out": "mlp.down_proj",
-        "attn_norm": "input_layernorm",
-        "mlp_norm": "post_attention_layernorm",
-    },
-    embed=("model.embed_tokens", "embed_tokens"),
-    pos_embed=None,
-    final_norm=("model.norm", "norm"),
-    lm_head="lm_head",
-    config_keys={
-        "n_blocks": "num_hidden_layers",
-        "n_heads": "num_attention_heads",
-        "n_kv_heads": "num_key_value_heads",
-        "hidden": "hidden_size",
-        "intermediate": "intermediate_size",
-        "head_dim": "head_dim",
-    },
-)
-
-_GPT2 = _Family(
+_GPT2 = Layout(
     family="gpt2",
     kind="causal-lm",
     blocks=("transformer.h", "h"),
@@ -83,9 +42,10 @@ _GPT2 = _Family(
         "head_dim": None,
     },
     conv1d=True,
+    mlp_glu=False,
 )
 
-_OPT = _Family(
+_OPT = Layout(
     family="opt",
     kind="causal-lm",
     blocks=("model.decoder.layers", "decoder.layers"),
@@ -111,9 +71,10 @@ _OPT = _Family(
         "intermediate": "ffn_dim",
         "head_dim": None,
     },
+    mlp_glu=False,
 )
 
-_BERT = _Family(
+_BERT = Layout(
     family="bert",
     kind="encoder",
     blocks=("encoder.layer", "bert.encoder.layer"),
@@ -140,22 +101,29 @@ _BERT = _Family(
         "head_dim": None,
     },
     post_norm=True,
+    mlp_glu=False,
 )
 
-# HF model_type -> family layout. llama, mistral and qwen2 share one layout.
-FAMILIES: dict[str, _Family] = {
-    "llama": _LLAMA,
-    "mistral": _LLAMA,
-    "qwen2": _LLAMA,
-    "gpt2": _GPT2,
-    "opt": _OPT,
-    "bert": _BERT,
-}
+# Hand-written layouts, only where discovery cannot be sure; they override it. gpt2 stores
+# Conv1D weights [in, out] with a fused c_attn; opt has a post-norm variant chosen by a config
+# flag (do_layer_norm_before) and optional project_in/out; bert is a post-norm encoder.
+FAMILIES: dict[str, Layout] = {"gpt2": _GPT2, "opt": _OPT, "bert": _BERT}
+
+# Names only: model types whose discovered layout is exactly llama's, so code keyed by family
+# (the GGUF exporter) treats them alike. Their layout is still discovered, not written here.
+FAMILY_NAMES: dict[str, str] = {"llama": "llama", "mistral": "llama", "qwen2": "llama"}
 
 
 @dataclass(frozen=True)
 class Arch:
-    """The layout of one loaded model, with every path resolved against that model's root."""
+    """The layout of one loaded model, with every path resolved against that model's root.
+
+    Roles (block-relative names): ``q k v o`` or fused ``qkv`` + ``o``; ``mlp_in`` (a tuple:
+    ``(gate, up)``, ``(fc1,)``, or ``(gate_up,)`` when ``mlp_fused``) and ``mlp_out``;
+    ``attn_norm``/``mlp_norm`` (the norms that read the residual stream before each branch);
+    optional ``attn_post_norm``/``mlp_post_norm`` (Gemma) and ``q_norm``/``k_norm`` (Qwen 3,
+    Gemma 3). ``norm_offset`` is 1 where RMSNorm computes ``x * (1 + w)`` (Gemma).
+    """
 
     family: str
     model_type: str
@@ -169,6 +137,11 @@ class Arch:
     config_keys: dict[str, str | None]
     conv1d: bool
     post_norm: bool
+    norm_offset: float = 0.0
+    mlp_glu: bool = True
+    mlp_fused: bool = False
+    source: str = "table"
+    notes: dict[str, Any] = field(default_factory=dict)
 
     # --- modules -------------------------------------------------------------------------
     def blocks(self, model: nn.Module) -> nn.ModuleList:
@@ -197,6 +170,19 @@ class Arch:
 
     def mlp_linears(self) -> list[str]:
         return [*self.roles["mlp_in"], self.roles["mlp_out"]]
+
+    def qkv_rows(self, config: Any) -> tuple[slice, slice, slice]:
+        """Row ranges of q, k and v inside a fused ``qkv`` projection."""
+        q, kv = (
+            self.n_heads(config) * self.head_dim(config),
+            self.n_kv_heads(config) * self.head_dim(config),
+        )
+        return slice(0, q), slice(q, q + kv), slice(q + kv, q + 2 * kv)
+
+    def up_rows(self, config: Any) -> slice:
+        """Rows of the "up" half in a fused ``gate_up`` projection (the half read linearly)."""
+        inter = self.intermediate(config)
+        return slice(inter, 2 * inter)
 
     def tied(self, model: nn.Module) -> bool:
         if self.lm_head is None:
@@ -233,9 +219,23 @@ class Arch:
         inter = self._get(config, "intermediate")
         return int(inter) if inter else 4 * self.hidden(config)
 
+    def sliding_window(self, config: Any, block: int) -> int | None:
+        """The attention window of ``block`` (Gemma's sliding layers, Mistral), None if full."""
+        window = getattr(config, "sliding_window", None)
+        types = getattr(config, "layer_types", None)
+        if not window:
+            return None
+        if types is not None:
+            return int(window) if types[block] == "sliding_attention" else None
+        return int(window) if getattr(config, "use_sliding_window", True) else None
+
 
 def supported_families() -> list[str]:
-    return sorted(FAMILIES)
+    """Families with a hand-written layout or a tiny test config; any other decoder-only model
+    is described by discovery when it fits the pattern."""
+    from slimline.models.tiny import TINY_FAMILIES
+
+    return sorted(set(FAMILIES) | set(TINY_FAMILIES))
 
 
 def _first_existing(model: nn.Module, paths: tuple[str, ...] | None) -> str | None:
@@ -248,18 +248,33 @@ def _first_existing(model: nn.Module, paths: tuple[str, ...] | None) -> str | No
     return None
 
 
-def get_arch(model: nn.Module) -> Arch:
-    """The layout of ``model``; an unknown family raises a clear error naming the supported ones."""
+def get_layout(model: nn.Module) -> Layout:
+    """The table entry for ``model``'s type if there is one, else its discovered layout."""
     config = getattr(model, "config", None)
-    model_type = getattr(config, "model_type", None)
-    fam = FAMILIES.get(model_type or "")
-    if fam is None:
+    model_type = getattr(config, "model_type", None) or ""
+    fam = FAMILIES.get(model_type)
+    if fam is not None:
+        return fam
+    if config is None:
         raise UnsupportedArchitectureError(
-            f"model type {model_type or type(model).__name__!r} is not described in slimline's "
-            f"architecture map (supported: {', '.join(supported_families())})",
-            "use a supported family, or describe the new one with a _Family entry in "
-            "slimline/models/arch.py (block list path, q/k/v/o, mlp_in/mlp_out, norms, config keys)",
+            f"{type(model).__name__} has no HF config, so its layout cannot be described "
+            f"(hand-written families: {', '.join(sorted(FAMILIES))})",
+            "load a transformers model, or describe it with a Layout entry in "
+            "slimline/models/arch.py",
         )
+    try:
+        return discover(model)
+    except UnsupportedArchitectureError as e:
+        raise UnsupportedArchitectureError(
+            f"{e.problem} (families known to work: {', '.join(supported_families())})", e.fix
+        ) from None
+
+
+def get_arch(model: nn.Module) -> Arch:
+    """The layout of ``model``; an undescribable model raises a clear error with the reason."""
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None) or type(model).__name__
+    fam = get_layout(model)
     block_path = _first_existing(model, fam.blocks)
     embed = _first_existing(model, fam.embed)
     if block_path is None or embed is None:
@@ -269,8 +284,9 @@ def get_arch(model: nn.Module) -> Arch:
             "load it with the standard transformers class for its model type",
         )
     lm_head = fam.lm_head if fam.lm_head and _first_existing(model, (fam.lm_head,)) else None
+    family = FAMILY_NAMES.get(model_type, fam.family) if fam.source == "discovered" else fam.family
     return Arch(
-        family=fam.family,
+        family=family,
         model_type=model_type,
         kind=fam.kind,
         block_path=block_path,
@@ -282,4 +298,9 @@ def get_arch(model: nn.Module) -> Arch:
         config_keys=dict(fam.config_keys),
         conv1d=fam.conv1d,
         post_norm=fam.post_norm,
+        norm_offset=fam.norm_offset,
+        mlp_glu=fam.mlp_glu,
+        mlp_fused=fam.mlp_fused,
+        source=fam.source,
+        notes=dict(fam.notes),
     )

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slimline.errors import ModelLoadError
+from slimline.models.checks import check_finite, check_load_report
 
 
 @dataclass(frozen=True)
@@ -98,10 +99,18 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
             return
         tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
         try:
-            tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-            model = AutoModelForCausalLM.from_pretrained(
-                str(gguf.parent), gguf_file=gguf.name, dtype="float32"
+            tok = AutoTokenizer.from_pretrained(
+                str(gguf.parent), gguf_file=gguf.name, trust_remote_code=False
             )
+            model, info = AutoModelForCausalLM.from_pretrained(
+                str(gguf.parent),
+                gguf_file=gguf.name,
+                dtype="float32",
+                trust_remote_code=False,
+                output_loading_info=True,
+            )
+            check_load_report(str(gguf), info, model)
+            check_finite(model, str(gguf))
             # The dequantized weights are plain fp32 now: drop the GGUF quantization marker.
             _drop_gguf_marker(model)
             model.config.name_or_path = gguf.stem

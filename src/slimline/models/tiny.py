@@ -13,6 +13,19 @@ from slimline.errors import ConfigError
 from slimline.models.arch import get_arch
 from slimline.models.load import LoadedModel
 
+# Families with a tiny test config: real transformers classes at toy size.
+TINY_FAMILIES = (
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "gemma3_text",
+    "phi3",
+    "gpt2",
+    "opt",
+    "bert",
+)
+
 
 @lru_cache(maxsize=2)
 def _tokenizer(kind: str) -> Any:
@@ -53,6 +66,44 @@ def tiny_config(
             max_position_embeddings=1024,
             tie_word_embeddings=family == "llama",
         )
+    if family in ("qwen3", "gemma3_text", "phi3"):
+        hd = hidden // n_heads
+        shared = {
+            "hidden_size": hidden,
+            "intermediate_size": inter,
+            "num_hidden_layers": n_blocks,
+            "num_attention_heads": n_heads,
+            "num_key_value_heads": n_kv_heads,
+            "max_position_embeddings": 1024,
+        }
+        if family == "qwen3":
+            return tf.Qwen3Config(**common, **shared, head_dim=hd, tie_word_embeddings=True)
+        if family == "gemma3_text":
+            # a short window and one global layer in two, so sliding layers are exercised;
+            # soft-capping on, as Gemma 2 ships it (Gemma 3 leaves it off by default)
+            return tf.Gemma3TextConfig(
+                **common,
+                **shared,
+                head_dim=hd,
+                query_pre_attn_scalar=hd,
+                sliding_window=8,
+                layer_types=[
+                    "sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n_blocks)
+                ],
+                attn_logit_softcapping=50.0,
+                final_logit_softcapping=30.0,
+                pad_token_id=0,
+                bos_token_id=1,
+                eos_token_id=2,
+            )
+        return tf.Phi3Config(
+            **common,
+            **shared,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+            tie_word_embeddings=False,
+        )
     if family == "gpt2":
         return tf.GPT2Config(
             **common,
@@ -85,7 +136,7 @@ def tiny_config(
         )
     raise ConfigError(
         f"no tiny config for family {family!r}",
-        "use one of: llama, mistral, qwen2, gpt2, opt, bert",
+        f"use one of: {', '.join(TINY_FAMILIES)}",
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -120,6 +121,39 @@ def _timing_metrics(timings: dict[str, list[float]], prefill_tokens: int) -> dic
     return m
 
 
+def max_positions(model: Any) -> int | None:
+    """The longest sequence a model's position embeddings allow (None: no fixed limit known)."""
+    cfg = model.config
+    return getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+
+
+def fit_lengths(
+    lm: Any, *, seq_len: int, new_tokens: int, prompt_len: int, limit: int | None = None
+) -> tuple[int, int, int, dict[str, Any]]:
+    """Fit the protocol's lengths into the model's window (``limit``, default the model's own):
+    a GPT-2/OPT with 128 positions is measured at 128-token prefill and prompt + new tokens
+    within 128, rather than refused. Returns the lengths used and what changed (and warns)."""
+    max_pos = limit or max_positions(lm.model)
+    causal = lm.kind == "causal-lm"
+    asked = {"seq_len": seq_len, "new_tokens": new_tokens, "prompt_len": prompt_len}
+    if max_pos:
+        seq_len = min(seq_len, max_pos)
+        if causal and prompt_len + new_tokens > max_pos:
+            if prompt_len >= max_pos:
+                prompt_len = max(1, min(prompt_len, max_pos // 4))
+            new_tokens = max(1, min(new_tokens, max_pos - prompt_len))
+    used = {"seq_len": seq_len, "new_tokens": new_tokens, "prompt_len": prompt_len}
+    fitted = {k: {"asked": asked[k], "used": used[k]} for k in asked if asked[k] != used[k]}
+    if fitted:
+        what = ", ".join(f"{k} {v['used']} (asked {v['asked']})" for k, v in fitted.items())
+        warnings.warn(
+            f"{lm.source} takes at most {max_pos} positions: measuring with {what}",
+            stacklevel=3,
+        )
+        fitted["max_positions"] = max_pos
+    return seq_len, new_tokens, prompt_len, fitted
+
+
 def profile(
     model_or_loaded: Any,
     *,
@@ -152,15 +186,9 @@ def profile(
     if causal:
         _check("new_tokens", new_tokens, 1)
         _check("prompt_len", prompt_len, 1)
-    max_pos = getattr(model.config, "max_position_embeddings", None) or getattr(
-        model.config, "n_positions", None
+    seq_len, new_tokens, prompt_len, fitted = fit_lengths(
+        lm, seq_len=seq_len, new_tokens=new_tokens, prompt_len=prompt_len
     )
-    longest = max(seq_len, prompt_len + new_tokens if causal else 0)
-    if max_pos and longest > max_pos:
-        raise ConfigError(
-            f"{lm.source} takes at most {max_pos} positions; the profile needs {longest}",
-            f"lower --seq-len / --new-tokens to fit {max_pos}",
-        )
 
     stats = param_stats(model)
     flops = flops_per_token(model, arch, seq_len)
@@ -245,6 +273,7 @@ def profile(
             "repeats": repeats,
             "warmup": warmup,
             "inputs": f"random token ids, seed {seed}",
+            **({"fitted_to_model": fitted} if fitted else {}),
         },
     )
 
@@ -263,6 +292,19 @@ def profile_paired(
     if "repeats" in kwargs:
         raise ConfigError("profile_paired takes rounds, not repeats", "pass rounds=N")
     kwargs["breakdown"] = False
+    models = [resolve(m, kwargs.get("tokenizer")) for m in models]
+    # Every model is measured at the same lengths: those the smallest window among them allows.
+    limits = [n for n in (max_positions(m.model) for m in models) if n]
+    if limits:
+        lengths = {k: kwargs.pop(k) for k in ("seq_len", "new_tokens", "prompt_len") if k in kwargs}
+        seq_len, new_tokens, prompt_len, _ = fit_lengths(
+            min(models, key=lambda m: max_positions(m.model) or 1 << 62),
+            seq_len=lengths.get("seq_len", 512),
+            new_tokens=lengths.get("new_tokens", 64),
+            prompt_len=lengths.get("prompt_len", 32),
+            limit=min(limits),
+        )
+        kwargs.update(seq_len=seq_len, new_tokens=new_tokens, prompt_len=prompt_len)
     per_round = [
         [profile(m, repeats=1, warmup=warmup if r == 0 else 0, **kwargs) for m in models]
         for r in range(rounds)

@@ -176,8 +176,14 @@ def flops_per_token(
     blocks = arch.blocks(model)
     linear = sum(_linear_macs(b, names) for b in blocks)
     # Q·Kᵀ and A·V: each query head does head_dim MACs per key, for scores and for values.
+    # In decode, a sliding-window layer (Gemma's local layers, Mistral) meets at most its window
+    # of cached keys; dense prefill kernels compute every key and mask, so prefill stays full.
     q_heads, hd = arch.n_heads(cfg), arch.head_dim(cfg)
-    attention = len(blocks) * 2 * q_heads * hd * context
+    spans = [
+        min(context, arch.sliding_window(cfg, i) or context) if mode == "decode" else context
+        for i in range(len(blocks))
+    ]
+    attention = sum(2 * q_heads * hd * span for span in spans)
     lm_head = 0
     if arch.lm_head is not None:
         i, o = linear_io(model.get_submodule(arch.lm_head))

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from slimline.core import Context, TechniqueConfig, apply_technique
+from slimline.core import Context, StageRecord, TechniqueConfig, apply_technique
 from slimline.prune.importance import InputStats, activation_stats, magnitude, rank, taylor, wanda
 from slimline.prune.masks import (
     apply_mask,
@@ -28,7 +28,6 @@ from slimline.prune.masks import (
     topk_mask,
 )
 from slimline.prune.oneshot import Magnitude, PruneConfig, SparseGpt, Wanda
-from slimline.prune.run import prune_model
 from slimline.prune.schedule import PruningSchedule, sparsity_at
 from slimline.prune.sensitivity import allocate, owl_allocation, sensitivity_sweep
 from slimline.prune.sparse import SparseLinear, to_dense, to_sparse
@@ -50,7 +49,7 @@ def prune(
     config: TechniqueConfig,
     data: torch.Tensor | None = None,
     ctx: Context | None = None,
-) -> dict[str, Any]:
+) -> StageRecord:
     """Apply one pruning technique in place (``model`` may be a LoadedModel) and return its record."""
     ctx = ctx or Context()
     if data is not None:
@@ -86,7 +85,6 @@ __all__ = [
     "output_error",
     "owl_allocation",
     "prune",
-    "prune_model",
     "rank",
     "rank_blocks",
     "reapply_masks",

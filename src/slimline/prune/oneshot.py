@@ -14,7 +14,14 @@ import torch
 from pydantic import field_validator, model_validator
 from torch import nn
 
-from slimline.core import Context, TechniqueConfig, register_technique, select_modules
+from slimline.core import (
+    Context,
+    Need,
+    SizeEffect,
+    TechniqueConfig,
+    register_technique,
+    select_modules,
+)
 from slimline.errors import ConfigError, DataError
 from slimline.prune.importance import InputStats, magnitude, rank, wanda
 from slimline.prune.masks import apply_mask, check_nm_width, check_sparsity, parse_pattern
@@ -29,6 +36,10 @@ class PruneConfig(TechniqueConfig):
     sparsity_per_layer: dict[str, float] | None = None  # non-uniform allocation (sensitivity)
     targets: list[str] = []  # empty = every Linear inside the blocks
     ignore: list[str] = ["lm_head"]
+    # how the pruned layers are kept: dense with zeros (later stages see plain Linears), or as
+    # SparseLinear (bitmask + non-zeros, optionally in `storage_bits`): a smaller artifact
+    storage: Literal["dense", "sparse"] = "dense"
+    storage_bits: Literal[4, 8] | None = None
 
     @field_validator("sparsity")
     @classmethod
@@ -62,6 +73,15 @@ class PruneConfig(TechniqueConfig):
             raise ValueError("give either an N:M pattern or per-layer sparsities, not both")
         return self
 
+    def size_effect(self) -> SizeEffect:
+        """Zeros up to the largest sparsity it may give a layer (an N:M pattern's share)."""
+        share = self.sparsity
+        if self.pattern:
+            n, m = parse_pattern(self.pattern)
+            share = max(share, 1 - n / m)
+        share = max([share, *(self.sparsity_per_layer or {}).values()])
+        return SizeEffect(kept=1.0 - share)
+
     def layer_sparsity(self, name: str) -> float:
         if self.sparsity_per_layer and name in self.sparsity_per_layer:
             return self.sparsity_per_layer[name]
@@ -79,6 +99,7 @@ class Wanda(PruneConfig):
     """Prune the smallest |W| x ||X||, compared within each output row (Sun et al. 2023)."""
 
     kind: ClassVar[str] = "prune.wanda"
+    needs: ClassVar[frozenset[Need]] = frozenset({"calib"})
     batch_size: int = 8
 
 
@@ -86,6 +107,7 @@ class SparseGpt(PruneConfig):
     """Hessian-based pruning with OBS weight reconstruction (Frantar & Alistarh 2023)."""
 
     kind: ClassVar[str] = "prune.sparsegpt"
+    needs: ClassVar[frozenset[Need]] = frozenset({"calib"})
     blocksize: int = 128
     damp: float = 0.01
     batch_size: int = 8
@@ -131,27 +153,41 @@ def select_prunable(model: nn.Module, cfg: PruneConfig) -> dict[str, nn.Module]:
 
 
 def _calib(cfg: PruneConfig, ctx: Context) -> torch.Tensor:
+    """The calibration blocks the caller supplied (``needs``); none are ever loaded here."""
     if ctx.calib is not None:
         return ctx.calib
-    if ctx.tokenizer is not None:
-        from slimline.data import calibration_blocks
-
-        return calibration_blocks(ctx.tokenizer, "python-docs", n=128, seq_len=512, seed=ctx.seed)
     raise DataError(
         f"{cfg.kind} needs calibration data and none was given",
-        "pass data=calibration_blocks(tokenizer, ...) or a Context with calib or a tokenizer",
+        "pass data=calibration_blocks(tokenizer, ...), or run it as a recipe stage",
     )
 
 
-def _summary(sel: dict[str, nn.Module], layers: dict[str, dict]) -> dict[str, Any]:
-    zeros = sum(int((m.weight == 0).sum()) for m in sel.values())
+def _summary(
+    model: nn.Module,
+    cfg: PruneConfig,
+    sel: dict[str, nn.Module],
+    layers: dict[str, dict],
+    zeros_by_layer: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """The stage's numbers; with ``storage: sparse`` the pruned layers become SparseLinear.
+    ``zeros_by_layer``: counted while each block was in hand (a streamed model's finished
+    blocks are back on disk, see slimline.calib.stream)."""
+    zeros = sum(
+        zeros_by_layer[n] if zeros_by_layer is not None else int((m.weight == 0).sum())
+        for n, m in sel.items()
+    )
     total = sum(m.weight.numel() for m in sel.values())
-    return {
+    out = {
         "sparsity": zeros / total,
         "params_pruned": zeros,
         "params_considered": total,
         "layers": layers,
     }
+    if cfg.storage == "sparse":
+        from slimline.prune.sparse import to_sparse
+
+        out["storage"] = to_sparse(model, bits=cfg.storage_bits)
+    return out
 
 
 # --- techniques --------------------------------------------------------------------------------
@@ -173,7 +209,7 @@ def apply_magnitude(model: nn.Module, cfg: Magnitude, ctx: Context) -> dict[str,
     for n, m in sel.items():
         apply_mask(m, masks[n])
         layers[n] = {"sparsity": float(1 - masks[n].float().mean())}
-    return _summary(sel, layers)
+    return _summary(model, cfg, sel, layers)
 
 
 def _blockwise(
@@ -198,6 +234,7 @@ def _blockwise(
         )
     ids = _calib(cfg, ctx)
     layers: dict[str, dict] = {}
+    zeros: dict[str, int] = {}
 
     def on_block(step: Any) -> dict[str, Any]:
         mine = {n: m for n, m in sel.items() if n.startswith(step.name + ".")}
@@ -208,10 +245,11 @@ def _blockwise(
             step.forward()
         for n, m in mine.items():
             layers[n] = prune_layer(n, m, accs[n])
+            zeros[n] = int((m.weight == 0).sum())
         return {"layers": len(mine)}
 
     run_blocks(model, ids, on_block, batch_size=cfg.batch_size, device=ctx.device, desc=desc)
-    return _summary(sel, layers)
+    return _summary(model, cfg, sel, layers, zeros)
 
 
 @register_technique(Wanda)

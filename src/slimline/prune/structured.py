@@ -25,7 +25,7 @@ import torch
 from pydantic import field_validator
 from torch import nn
 
-from slimline.core import Context, TechniqueConfig, register_technique
+from slimline.core import Context, Need, TechniqueConfig, register_technique
 from slimline.errors import ConfigError, UnsupportedArchitectureError
 from slimline.models.arch import Arch, get_arch
 
@@ -72,14 +72,54 @@ def _head_rows(heads: list[int], head_dim: int) -> torch.Tensor:
     return torch.cat([torch.arange(h * head_dim, (h + 1) * head_dim) for h in heads])
 
 
+def check_width_pruning(arch: Arch) -> None:
+    """Raise when heads / MLP channels of ``arch`` cannot be cut (the capability table asks too)."""
+    if arch.conv1d:
+        raise UnsupportedArchitectureError(
+            f"structured pruning of {arch.family} heads or MLP channels is not supported "
+            "(Conv1D weights stored [in, out])",
+            "remove whole blocks (prune.blocks) or use a model with nn.Linear projections",
+        )
+
+
+def check_head_pruning(arch: Arch) -> None:
+    """Raise when attention heads of ``arch`` cannot be removed with a loadable config."""
+    check_width_pruning(arch)
+    if arch.family == "bert":
+        raise UnsupportedArchitectureError(
+            "removing bert attention heads gives a config transformers refuses to load "
+            "(hidden_size must divide by num_attention_heads)",
+            "prune bert's MLP channels or blocks instead",
+        )
+    if arch.family == "opt":
+        raise UnsupportedArchitectureError(
+            "removing opt attention heads gives a model transformers cannot reload (OPT sizes "
+            "q/k/v from hidden_size and has no head_dim field)",
+            "prune opt's MLP channels or blocks instead",
+        )
+
+
 def _arch(model: nn.Module) -> Arch:
     arch = get_arch(model)
-    if arch.conv1d or "q" not in arch.roles:
-        raise UnsupportedArchitectureError(
-            f"structured pruning of {arch.family} (fused qkv / Conv1D weights) is not supported",
-            "use a llama/mistral/qwen2 model (heads, MLP, blocks) or bert (MLP, blocks)",
-        )
+    check_width_pruning(arch)
     return arch
+
+
+def _q_weight(arch: Arch, blk: nn.Module, config: Any) -> torch.Tensor:
+    """The query rows, from a separate q or the q part of a fused qkv."""
+    if "qkv" in arch.roles:
+        return arch.linear(blk, "qkv").weight[arch.qkv_rows(config)[0]]
+    return arch.linear(blk, "q").weight
+
+
+def _mlp_in_weights(arch: Arch, blk: nn.Module, config: Any) -> list[torch.Tensor]:
+    """[inter, hidden] weights reading the MLP input: gate and up (split if fused), or fc1."""
+    ins = arch.linear(blk, "mlp_in")
+    if arch.mlp_fused:
+        w = ins[0].weight
+        inter = arch.intermediate(config)
+        return [w[:inter], w[inter:]]
+    return [m.weight for m in ins]
 
 
 # --- heads -------------------------------------------------------------------------------------
@@ -91,12 +131,7 @@ def _plan_heads(
     """Validate a head-removal plan; returns (new_heads, new_kv, block -> (kept q, kept kv))."""
     H, K = arch.n_heads(config), arch.n_kv_heads(config)
     g = H // K
-    if arch.family == "bert":
-        raise UnsupportedArchitectureError(
-            "removing bert attention heads gives a config transformers refuses to load "
-            "(hidden_size must divide by num_attention_heads)",
-            "prune bert's MLP channels or blocks instead",
-        )
+    check_head_pruning(arch)
     if sorted(remove) != list(range(n_blocks)):
         raise ConfigError(
             f"head removal must name every block 0..{n_blocks - 1} (HF configs hold one head count)",
@@ -132,6 +167,14 @@ def _plan_heads(
             "remove the same number of heads (and kv groups) from every block",
         )
     new_h, new_k = shapes.pop()
+    rope = getattr(config, "rope_parameters", None)
+    if isinstance(rope, dict) and rope.get("short_factor") is not None:
+        # longrope (Phi-3 128k) validates its factor lists against hidden_size // heads
+        raise UnsupportedArchitectureError(
+            f"{arch.model_type} uses longrope scaling, whose config ties its factor lists to "
+            "hidden_size // num_attention_heads: removing heads gives a config that does not load",
+            "prune MLP channels or blocks of this model instead",
+        )
     return new_h, new_k, plan
 
 
@@ -150,14 +193,19 @@ def remove_heads(model: Any, remove: dict[int, list[int]]) -> list[dict[str, Any
     log = []
     for b, (kept_q, kept_kv) in plan.items():
         blk = blocks[b]
-        q, k, v, o = (arch.linear(blk, r) for r in ("q", "k", "v", "o"))
         rows_q = _head_rows(kept_q, hd)
         rows_kv = _head_rows(kept_kv, hd)
-        _set(blk, arch.roles["q"], _slice_linear(q, rows=rows_q))
-        _set(blk, arch.roles["k"], _slice_linear(k, rows=rows_kv))
-        _set(blk, arch.roles["v"], _slice_linear(v, rows=rows_kv))
-        _set(blk, arch.roles["o"], _slice_linear(o, cols=rows_q))
-        attn = blk.get_submodule(arch.roles["q"].rpartition(".")[0])
+        if "qkv" in arch.roles:  # Phi-3: one linear holds [q; k; v] rows
+            qkv = arch.linear(blk, "qkv")
+            rows = torch.cat([rows_q, H * hd + rows_kv, (H + K) * hd + rows_kv])
+            _set(blk, arch.roles["qkv"], _slice_linear(qkv, rows=rows))
+        else:
+            q, k, v = (arch.linear(blk, r) for r in ("q", "k", "v"))
+            _set(blk, arch.roles["q"], _slice_linear(q, rows=rows_q))
+            _set(blk, arch.roles["k"], _slice_linear(k, rows=rows_kv))
+            _set(blk, arch.roles["v"], _slice_linear(v, rows=rows_kv))
+        _set(blk, arch.roles["o"], _slice_linear(arch.linear(blk, "o"), cols=rows_q))
+        attn = blk.get_submodule(arch.roles["o"].rpartition(".")[0])
         if hasattr(attn, "num_key_value_groups"):
             attn.num_key_value_groups = new_h // new_k
         for attr, val in (("num_heads", new_h), ("num_key_value_heads", new_k)):
@@ -174,8 +222,9 @@ def remove_heads(model: Any, remove: dict[int, list[int]]) -> list[dict[str, Any
             }
         )
     keys = arch.config_keys
-    if keys.get("head_dim"):
-        setattr(config, keys["head_dim"], hd)  # explicit: hidden // heads no longer holds
+    # explicit: hidden // heads no longer holds. Configs without the field (Phi-3, Qwen 2) still
+    # read ``head_dim`` when present, and save it, so the reloaded model gets the same shapes.
+    setattr(config, keys.get("head_dim") or "head_dim", hd)
     setattr(config, keys["n_heads"], new_h)
     if keys.get("n_kv_heads"):
         setattr(config, keys["n_kv_heads"], new_k)
@@ -195,8 +244,8 @@ def head_importance(
     if ids is None:
         rows = []
         for blk in blocks:
-            q, o = arch.linear(blk, "q"), arch.linear(blk, "o")
-            qn = q.weight.float().reshape(H, hd, -1).pow(2).sum((1, 2)).sqrt()
+            q, o = _q_weight(arch, blk, config), arch.linear(blk, "o")
+            qn = q.float().reshape(H, hd, -1).pow(2).sum((1, 2)).sqrt()
             on = o.weight.float().reshape(-1, H, hd).pow(2).sum((0, 2)).sqrt()
             rows.append(qn * on)
         return torch.stack(rows)
@@ -331,8 +380,9 @@ def remove_mlp_channels(model: Any, remove: dict[int, list[int]]) -> list[dict[s
     for b, cs in clean.items():
         blk = blocks[b]
         keep = torch.tensor([c for c in range(inter) if c not in set(cs)], dtype=torch.long)
+        rows_in = torch.cat([keep, inter + keep]) if arch.mlp_fused else keep  # [gate; up]
         for rel in arch.roles["mlp_in"]:
-            _set(blk, rel, _slice_linear(blk.get_submodule(rel), rows=keep))
+            _set(blk, rel, _slice_linear(blk.get_submodule(rel), rows=rows_in))
         rel = arch.roles["mlp_out"]
         _set(blk, rel, _slice_linear(blk.get_submodule(rel), cols=keep))
         mlp = blk.get_submodule(arch.roles["mlp_out"].rpartition(".")[0] or "")
@@ -355,8 +405,8 @@ def mlp_importance(
         rows = []
         for blk in blocks:
             down = arch.linear(blk, "mlp_out").weight.float()
-            ins = arch.linear(blk, "mlp_in")
-            fan_in = sum(m.weight.float().pow(2).sum(1) for m in ins).sqrt()
+            ins = _mlp_in_weights(arch, blk, model.config)
+            fan_in = sum(w.float().pow(2).sum(1) for w in ins).sqrt()
             rows.append(down.norm(dim=0) * fan_in)
         return torch.stack(rows)
     from slimline.calib import run_blocks
@@ -501,6 +551,12 @@ def replay(model: Any, log: list[dict[str, Any]]) -> None:
 class _StructConfig(TechniqueConfig):
     """Structured pruning configs (invalid values raise ConfigError at construction)."""
 
+    def requires(self) -> frozenset[Need]:
+        """Calibration data for activation importance; magnitude needs none."""
+        return (
+            frozenset({"calib"}) if getattr(self, "importance", "") == "activation" else frozenset()
+        )
+
 
 class PruneHeads(_StructConfig):
     """Remove attention heads per block (GQA-consistent) by contribution on calibration data."""
@@ -546,6 +602,10 @@ class PruneBlocks(_StructConfig):
     blocks: list[int] | None = None  # explicit indices instead of ranking
     batch_size: int = 4
 
+    def requires(self) -> frozenset[Need]:
+        """Calibration data to rank blocks; none when the blocks are named."""
+        return frozenset() if self.blocks is not None else frozenset({"calib"})
+
     @field_validator("remove")
     @classmethod
     def _r(cls, v: int) -> int:
@@ -555,13 +615,8 @@ class PruneBlocks(_StructConfig):
 
 
 def _data(ctx: Context, needed: bool) -> torch.Tensor | None:
-    if ctx.calib is not None:
-        return ctx.calib
-    if ctx.tokenizer is not None and needed:
-        from slimline.data import calibration_blocks
-
-        return calibration_blocks(ctx.tokenizer, "python-docs", n=32, seq_len=512, seed=ctx.seed)
-    return None
+    """The calibration blocks the caller supplied (``needs``); none are ever loaded here."""
+    return ctx.calib if needed else None
 
 
 def _record(model: nn.Module, before: int, log: list[dict[str, Any]], arch: Arch) -> dict[str, Any]:
@@ -579,6 +634,7 @@ def apply_heads(model: nn.Module, cfg: PruneHeads, ctx: Context) -> dict[str, An
     """Remove attention heads (whole kv groups or query heads evenly per group)."""
     model = _unwrap(model)
     arch = _arch(model)
+    check_head_pruning(arch)
     before = _n_params(model)
     ids = _data(ctx, cfg.importance == "activation")
     if cfg.importance == "activation" and ids is None:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from slimline.core import Context, apply_technique, set_submodule
+from slimline.core import Context, StageRecord, apply_technique, set_submodule
 from slimline.errors import ConfigError, InputError
 from slimline.quant.config import WeightQuantConfig
 from slimline.quant.linear import QuantLinear, quant_linears
@@ -33,7 +33,7 @@ def quantize(
     config: WeightQuantConfig,
     data: torch.Tensor | None = None,
     ctx: Context | None = None,
-) -> dict[str, Any]:
+) -> StageRecord:
     """Quantize ``model``'s weights in place with ``config`` (Rtn, Gptq, Awq); returns the record.
 
     ``data``: ``[samples, tokens]`` calibration ids (GPTQ and AWQ), overriding ``ctx.calib``.
@@ -84,7 +84,10 @@ def export_dequantized(
         )
     out = Path(out_dir)
     if out.exists() and not overwrite:
-        raise InputError(f"{out} already exists", "choose another directory or pass overwrite")
+        raise InputError(
+            f"{out} already exists",
+            "choose another directory, or call export_dequantized(..., overwrite=True)",
+        )
     plain = copy.deepcopy(model)
     dequantize_model(plain)
     out.parent.mkdir(parents=True, exist_ok=True)

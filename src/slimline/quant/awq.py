@@ -10,7 +10,7 @@ than RTN on that data.
 The output error of a scaled, rounded weight is computed from the input's second moment
 ``H = X^T X / n`` as ``tr(D H D^T)`` with ``D = W_hat - W``: exact over every calibration token,
 at a cost independent of their number. The division by ``s`` is folded into the op that makes
-the input (llama family: ``input_layernorm`` -> q,k,v; ``post_attention_layernorm`` -> gate,up;
+the input (from the arch map: ``attn_norm`` -> q,k,v or fused qkv; ``mlp_norm`` -> gate,up or gate_up;
 ``up_proj`` rows -> down_proj; ``v_proj`` rows -> o_proj when the widths match, i.e. no GQA).
 Where nothing can absorb it (GQA's o_proj, other families), the layer keeps ``input_scale`` and
 divides its input at run time.
@@ -25,7 +25,7 @@ from pydantic import Field
 from torch import nn
 
 from slimline.calib import BlockStep
-from slimline.core import Context, register_technique
+from slimline.core import Context, Need, register_technique
 from slimline.models.arch import get_arch
 from slimline.quant import grid
 from slimline.quant.config import (
@@ -41,6 +41,7 @@ from slimline.quant.linear import QuantLinear
 
 class Awq(WeightQuantConfig):
     kind: ClassVar[str] = "quant.awq"
+    needs: ClassVar[frozenset[Need]] = frozenset({"calib"})
     n_grid: int = Field(default=20, ge=2)
     batch_size: int = Field(default=8, gt=0)
     min_calib_tokens: int = Field(default=512, gt=0)
@@ -112,32 +113,49 @@ def search_scale(
 
 
 def _groups(block: nn.Module, model: nn.Module, lins: dict[str, nn.Linear], prefix: str) -> list:
-    """[(previous op or None, [(full name, linear), ...])] — layers sharing one input."""
+    """[(fold target or None, [(full name, linear), ...])] — layers sharing one input.
+
+    The fold target is ``(module, offset, rows)``: the op whose output channels feed the group
+    (a pre-norm, with its weight offset — 1 for Gemma's ``x * (1 + w)``; v for o; up for down),
+    and which of its rows (all, or the "up" half of a fused gate_up). A group whose input comes
+    through something that cannot absorb the scale (a GQA-narrow v, a post-norm, an unknown
+    family described by a hand-written table) keeps the scale as an input scale inside its
+    QuantLinear instead.
+    """
     try:
         arch = get_arch(model)
     except Exception:
         arch = None
     rel = {n[len(prefix) + 1 :]: n for n in lins}
-    out: list[tuple[nn.Module | None, list[tuple[str, nn.Linear]]]] = []
+    out: list[tuple[Any, list[tuple[str, nn.Linear]]]] = []
     used: set[str] = set()
-    if arch is not None and arch.family == "llama":
+    # fold only where the forward check of discovery proved each norm feeds its group
+    if arch is not None and arch.source == "discovered":
         r = arch.roles
-        plan = [
-            (r["attn_norm"], [r["q"], r["k"], r["v"]]),
-            (r["mlp_norm"], list(r["mlp_in"])),
-            (r["v"], [r["o"]]),
-            (r["mlp_in"][-1], [r["mlp_out"]]),
+        attn_in = [r["qkv"]] if "qkv" in r else [r["q"], r["k"], r["v"]]
+        off = arch.norm_offset
+        plan: list[tuple[str | None, float, slice | None, list[str]]] = [
+            (r["attn_norm"], off, None, attn_in),
+            (r["mlp_norm"], off, None, list(r["mlp_in"])),
+            # o reads attention-weighted v rows (a fused qkv keeps an input scale instead)
+            (r.get("v"), 0.0, None, [r["o"]]),
         ]
-        for prev_name, members in plan:
+        if arch.mlp_glu:  # down reads act(gate) * up: scaling up's rows passes through
+            up_rows = arch.up_rows(model.config) if arch.mlp_fused else None
+            plan.append((r["mlp_in"][-1], 0.0, up_rows, [r["mlp_out"]]))
+        for prev_name, offset, rows, members in plan:
             present = [m for m in members if m in rel]
             if not present:
                 continue
-            prev: nn.Module | None = block.get_submodule(prev_name)
-            if isinstance(prev, nn.Linear):
+            target = None
+            if prev_name is not None:
+                prev = block.get_submodule(prev_name)
+                target = (prev, offset, rows)
+                width = (rows.stop - rows.start) if rows else getattr(prev, "out_features", None)
                 first = block.get_submodule(present[0])
-                if prev.out_features != first.in_features:
-                    prev = None  # GQA: v_proj is narrower than o_proj's input
-            out.append((prev, [(rel[m], lins[rel[m]]) for m in present]))
+                if width is not None and width != first.in_features:
+                    target = None  # GQA: v_proj is narrower than o_proj's input
+            out.append((target, [(rel[m], lins[rel[m]]) for m in present]))
             used.update(rel[m] for m in present)
     for n, m in lins.items():
         if n not in used:
@@ -145,17 +163,22 @@ def _groups(block: nn.Module, model: nn.Module, lins: dict[str, nn.Linear], pref
     return out
 
 
-def _fold(prev: nn.Module, s: torch.Tensor, undo: Undo) -> None:
-    """Divide the output channels of ``prev`` (a norm's weight and bias, or a Linear's rows)."""
+def _fold(target: tuple[nn.Module, float, slice | None], s: torch.Tensor, undo: Undo) -> None:
+    """Divide the output channels of ``target`` (a norm's weight and bias, or Linear rows)."""
+    prev, offset, rows = target
     for attr in ("weight", "bias"):
         t = getattr(prev, attr, None)
         if t is None:
             continue
         undo.save_tensor(t)
+        if not isinstance(prev, nn.Linear) and attr == "weight" and offset:
+            t.data.copy_((t.data.double() + offset).div(s.double()).sub(offset).to(t.dtype))
+            continue
+        part = t.data if rows is None else t.data[rows]
         if isinstance(prev, nn.Linear) and attr == "weight":
-            t.data.div_(s[:, None].to(t.dtype))
+            part.div_(s[:, None].to(t.dtype))
         else:
-            t.data.div_(s.to(t.dtype))
+            part.div_(s.to(t.dtype))
 
 
 @register_technique(Awq)

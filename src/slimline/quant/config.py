@@ -14,10 +14,17 @@ import torch
 from pydantic import field_validator
 from torch import nn
 
-from slimline.core import Context, TechniqueConfig, require_selection, select_modules, set_submodule
+from slimline.core import (
+    Context,
+    SizeEffect,
+    TechniqueConfig,
+    require_selection,
+    select_modules,
+    set_submodule,
+)
 from slimline.errors import ConfigError, DataError
 from slimline.models.arch import get_arch
-from slimline.quant.grid import SUPPORTED_BITS, QuantScheme, check_weight, make_scheme
+from slimline.quant.grid import GRIDS, SUPPORTED_BITS, QuantScheme, check_weight, make_scheme
 
 
 class WeightQuantConfig(TechniqueConfig):
@@ -26,6 +33,7 @@ class WeightQuantConfig(TechniqueConfig):
     bits: int = 4
     group_size: int | None = 128
     symmetric: bool = True
+    grid: str | None = None
     targets: list[str] = []
     ignore: list[str] = ["lm_head"]
 
@@ -48,8 +56,39 @@ class WeightQuantConfig(TechniqueConfig):
             )
         return v
 
+    @field_validator("grid")
+    @classmethod
+    def _grid(cls, v: str | None) -> str | None:
+        if v is not None and v not in GRIDS:
+            raise ConfigError(
+                f"unknown grid {v!r}",
+                f"use one of: {', '.join(GRIDS)} (an engine's block format), or no grid",
+            )
+        return v
+
+    def size_effect(self) -> SizeEffect:
+        """Codes of ``bits`` (an engine grid's bits) per block weight."""
+        return SizeEffect(bits=GRIDS[self.grid][0] if self.grid else self.bits)
+
     def scheme(self) -> QuantScheme:
-        return make_scheme(self.bits, self.group_size, self.symmetric)
+        """The grid to solve on; an engine ``grid`` fixes bits/group/symmetry (explicitly set
+        values that contradict it are refused rather than silently overridden)."""
+        if self.grid is None:
+            return make_scheme(self.bits, self.group_size, self.symmetric)
+        b, g, sym = GRIDS[self.grid]
+        given = {"bits": b, "group_size": g, "symmetric": sym}
+        clash = [
+            f"{k}={getattr(self, k)}"
+            for k, v in given.items()
+            if k in self.model_fields_set and getattr(self, k) != v
+        ]
+        if clash:
+            raise ConfigError(
+                f"grid {self.grid} is {b}-bit, group {g}, "
+                f"{'symmetric' if sym else 'asymmetric'}; the config also sets {', '.join(clash)}",
+                "drop bits/group_size/symmetric when a grid is given",
+            )
+        return make_scheme(grid=self.grid)
 
 
 def block_prefix(model: nn.Module) -> str | None:

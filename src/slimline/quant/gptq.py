@@ -22,8 +22,8 @@ from pydantic import Field
 from torch import nn
 
 from slimline.calib import BlockStep
-from slimline.core import Context, register_technique
-from slimline.errors import DataError
+from slimline.core import Context, Need, register_technique
+from slimline.errors import ConfigError, DataError
 from slimline.quant import grid
 from slimline.quant.config import (
     Undo,
@@ -44,6 +44,7 @@ _PER_ROW = {
 
 class Gptq(WeightQuantConfig):
     kind: ClassVar[str] = "quant.gptq"
+    needs: ClassVar[frozenset[Need]] = frozenset({"calib"})
     damp: float = Field(default=0.01, gt=0, le=1)
     actorder: bool = True
     static_groups: bool = True
@@ -109,6 +110,11 @@ def gptq_quantize(
             return grid.search_qparams(cols, sch, hd)
         return grid.qparams(cols, sch)
 
+    if scheme.super_block and not (static_groups or actorder):
+        raise ConfigError(
+            f"{scheme.grid} shares one scale across 16 groups, so its grid must be fixed up front",
+            "keep static_groups (the default) or actorder on",
+        )
     if static_groups or actorder:  # fixed from the (dead-zeroed) original weight
         scale, zero = group_grid(w, scheme, torch.diag(h))
     else:
@@ -136,14 +142,19 @@ def gptq_quantize(
                 # dynamic groups: this group's grid from the weights as updated so far
                 w[:, col:i2] = w1[:, i:]
                 span = slice(col, col + gs)
-                per_row = _PER_ROW[scheme.bits, scheme.symmetric]
+                per_row = scheme if scheme.grid else _PER_ROW[scheme.bits, scheme.symmetric]
                 s, z = group_grid(w[:, span], per_row, torch.diag(h)[span])
                 scale[:, g], zero[:, g] = s[:, 0], z[:, 0]
             wc = w1[:, i]
             s_c, z_c = scale[:, g], zero[:, g]
-            q = torch.round(wc / s_c + z_c).clamp(0, scheme.qmax)
-            codes[:, col] = q.to(torch.uint8)
-            deq = (q - z_c) * s_c
+            if scheme.grid is None:
+                q = torch.round(wc / s_c + z_c).clamp(0, scheme.qmax)
+                codes[:, col] = q.to(torch.uint8)
+                deq = (q - z_c) * s_c
+            else:  # engine grids: the format's own code range and zero convention
+                qc = grid.quantize(wc[:, None], s_c[:, None], z_c[:, None], scheme)
+                codes[:, col] = qc[:, 0]
+                deq = grid.dequantize(qc, s_c[:, None], z_c[:, None], scheme)[:, 0]
             d = hinv1[i, i]
             e = (wc - deq) / d
             w1[:, i:] -= e[:, None] * hinv1[i, i:][None, :]
@@ -202,7 +213,7 @@ def apply_gptq(model: nn.Module, cfg: Gptq, ctx: Context) -> dict[str, Any]:
         layers: list[dict],
     ) -> dict[str, Any]:
         for name, lin in lins.items():
-            h = accs[name].h.float()
+            h = accs.pop(name).h.float()  # free the fp64 sum before the solve: [in, in] each
             codes, scale, zero = gptq_quantize(
                 lin.weight,
                 h,

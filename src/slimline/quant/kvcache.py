@@ -32,7 +32,8 @@ def quantize_groups(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Asymmetric per-group quantization along the last dim: (codes, scale, minimum).
 
-    Codes are uint8; for 4 bits two codes share a byte (low nibble = even channel). ``scale`` and
+    Codes are uint8; for 4 bits two codes share a byte (low nibble = even channel), for 2 bits
+    four (lowest bits = first channel). ``scale`` and
     ``minimum`` are fp16 [..., D / group_size]; the codes are computed against the fp16-rounded
     values, so dequantization is consistent with what was stored.
     """
@@ -46,6 +47,8 @@ def quantize_groups(
     q = q.to(torch.uint8).reshape(*lead, D)
     if bits == 4:
         q = q[..., 0::2] | (q[..., 1::2] << 4)
+    elif bits == 2:
+        q = q[..., 0::4] | (q[..., 1::4] << 2) | (q[..., 2::4] << 4) | (q[..., 3::4] << 6)
     return q, scale16, lo16
 
 
@@ -60,6 +63,8 @@ def dequantize_groups(
     """Inverse of ``quantize_groups``."""
     if bits == 4:
         q = torch.stack([q & 0xF, q >> 4], dim=-1).flatten(-2)
+    elif bits == 2:
+        q = torch.stack([(q >> s) & 0x3 for s in (0, 2, 4, 6)], dim=-1).flatten(-2)
     *lead, D = q.shape
     g = q.float().reshape(*lead, D // group_size, group_size)
     x = g * scale.float()[..., None] + lo.float()[..., None]
@@ -67,9 +72,10 @@ def dequantize_groups(
 
 
 def _check_kv_settings(bits: int, group_size: int | None, residual_length: int) -> None:
-    if bits not in (8, 4):
+    if bits not in (8, 4, 2):
         raise ConfigError(
-            f"KV-cache bits must be 8 or 4, got {bits}", "use bits=8 (near lossless) or 4"
+            f"KV-cache bits must be 8 or 4 (2 only as a deliberately crude cache), got {bits}",
+            "use bits=8 (near lossless) or 4",
         )
     if group_size is not None and group_size <= 0:
         raise ConfigError(
@@ -113,10 +119,11 @@ class QuantizedKVLayer(DynamicLayer):
     def _group(self, D: int) -> int:
         # auto: one group per head for int8; 32 channels for int4, where SmolLM2's rotary key
         # outliers make one 4-bit grid per head too coarse (measured: teacher-forced top-1 agreement)
-        g = self.group_size or (32 if self.bits == 4 and D % 32 == 0 else D)
-        if D % g or (self.bits == 4 and g % 2):
+        g = self.group_size or (32 if self.bits <= 4 and D % 32 == 0 else D)
+        if D % g or (self.bits == 4 and g % 2) or (self.bits == 2 and g % 4):
             raise ConfigError(
-                f"KV group_size {g} does not divide head_dim {D} (int4 also needs an even group)",
+                f"KV group_size {g} does not divide head_dim {D} (int4/int2 also need a group "
+                "divisible by 2/4)",
                 f"use a divisor of {D}, or group_size=None for one group per head",
             )
         return g

@@ -66,7 +66,9 @@ class QuantLinear(nn.Module, Codec):
         self.register_buffer("qweight", torch.zeros(nbytes, dtype=torch.uint8))
         self.register_buffer("scale", torch.ones(out_features, n_groups))
         zero_shape = (0,) if scheme.symmetric else (out_features, n_groups)
-        self.register_buffer("zero", torch.zeros(zero_shape, dtype=torch.uint8))
+        # offset grids (gguf-q4_1/q5_1/q4_k/q5_k) keep a float offset per group, not an int zero
+        zero_dtype = torch.float32 if scheme.offset_form else torch.uint8
+        self.register_buffer("zero", torch.zeros(zero_shape, dtype=zero_dtype))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
         self.register_buffer("input_scale", torch.ones(in_features) if input_scale else None)
         self._w: torch.Tensor | None = None  # dequant-cached weight (not saved)
@@ -91,7 +93,9 @@ class QuantLinear(nn.Module, Codec):
         m = cls(in_f, out_f, scheme, bias=bias is not None, input_scale=input_scale is not None)
         m.qweight = pack.pack(codes, scheme.bits)
         m.scale = scale.detach().float().clone()
-        if not scheme.symmetric:
+        if scheme.offset_form:
+            m.zero = zero.detach().float().clone()
+        elif not scheme.symmetric:
             m.zero = zero.detach().round().to(torch.uint8).clone()
         if bias is not None:
             m.bias = bias.detach().float().clone()
@@ -145,6 +149,8 @@ class QuantLinear(nn.Module, Codec):
         if path in ("dequant-cached", "dequant-fly"):
             return True
         if path.startswith("ort-nbits"):
+            if self.scheme.grid is not None:  # GGUF grids are served by llama.cpp
+                return False
             g = self.scheme.group_size
             return self.scheme.bits in (4, 8) and (g is None or (g >= 16 and g & (g - 1) == 0))
         return False
@@ -208,7 +214,8 @@ class QuantLinear(nn.Module, Codec):
         meta = {
             "in_features": self.in_features,
             "out_features": self.out_features,
-            "scheme": self.scheme.model_dump(mode="json"),
+            "scheme": self.scheme.model_dump(mode="json", exclude={"grid"})
+            | ({"grid": self.scheme.grid} if self.scheme.grid else {}),
             "path": self.path,
         }
         return {k: v.detach().clone() for k, v in tensors.items()}, meta

@@ -38,6 +38,8 @@ from torch import nn
 
 from slimline.core import (
     Context,
+    Need,
+    SizeEffect,
     TechniqueConfig,
     register_technique,
     require_selection,
@@ -412,6 +414,7 @@ class MixedPrecision(TechniqueConfig):
     """Per-layer bit widths by sensitivity under a size budget, applied as grid weights."""
 
     kind: ClassVar[str] = "quant.mixed"
+    needs: ClassVar[frozenset[Need]] = frozenset({"calib"})
     bits_options: list[int] = Field(default_factory=lambda: [8, 4, 3, 2])
     avg_bits: float | None = 4.0  # budget as bits per weight (codes + group metadata)
     budget_bytes: int | None = None  # or as bytes of the selected layers (wins when set)
@@ -423,6 +426,10 @@ class MixedPrecision(TechniqueConfig):
     plot: str | None = None  # PNG path for the heat map (relative to ctx.workdir when set)
     pack: bool = True  # QuantLinear with packed codes; False: nn.Linear with grid-rounded weights
     batch_size: int = 4
+
+    def size_effect(self) -> SizeEffect:
+        """The fewest bits it may give a layer (packed), or none (``pack: false`` keeps floats)."""
+        return SizeEffect(bits=min(self.bits_options) if self.pack else None)
 
     @field_validator("bits_options")
     @classmethod

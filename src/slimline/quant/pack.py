@@ -7,6 +7,7 @@ little-endian bit order: value ``i`` occupies bits ``[i*bits, (i+1)*bits)`` of t
 * 4 bits: two per byte, the even value in the low nibble.
 * 2 bits: four per byte, the first value in the two lowest bits.
 * 3 bits: eight values in three bytes (24 bits), no padding bits between values.
+* 5 bits: eight values in five bytes; 6 bits: four values in three bytes (GGUF Q5 / Q6 grids).
 
 The stream is padded with zero codes to a whole number of bytes (of 3-byte words for 3 bits);
 ``unpack`` takes the original count and drops the padding, so any length round-trips.
@@ -20,7 +21,7 @@ import torch
 
 from slimline.errors import ConfigError, DataError
 
-_PER_WORD = {8: (1, 1), 4: (2, 1), 2: (4, 1), 3: (8, 3)}  # bits -> (values, bytes) per word
+_PER_WORD = {8: (1, 1), 4: (2, 1), 2: (4, 1), 3: (8, 3), 5: (8, 5), 6: (4, 3)}  # (values, bytes)
 
 
 def _check_bits(bits: int) -> tuple[int, int]:
@@ -37,7 +38,7 @@ def packed_nbytes(numel: int, bits: int) -> int:
 
 def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """Pack integer codes (any shape, values ``0 .. 2^bits-1``) into a flat uint8 tensor."""
-    vals, _ = _check_bits(bits)
+    vals, nbytes = _check_bits(bits)
     flat = codes.reshape(-1)
     if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) > 2**bits - 1):
         raise DataError(
@@ -50,18 +51,18 @@ def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
     pad = (-flat.numel()) % vals
     if pad:
         flat = torch.cat([flat, flat.new_zeros(pad)])
-    words = flat.reshape(-1, vals).to(torch.int32)
-    shifts = torch.arange(vals, dtype=torch.int32) * bits
-    packed = (words << shifts).sum(1, dtype=torch.int32)  # disjoint bits: sum == bitwise or
-    if bits == 3:  # 24-bit words -> 3 little-endian bytes
-        byts = torch.stack([(packed >> (8 * i)) & 0xFF for i in range(3)], 1)
+    words = flat.reshape(-1, vals).to(torch.int64)
+    shifts = torch.arange(vals, dtype=torch.int64) * bits
+    packed = (words << shifts).sum(1, dtype=torch.int64)  # disjoint bits: sum == bitwise or
+    if nbytes > 1:  # 24- or 40-bit words -> little-endian bytes
+        byts = torch.stack([(packed >> (8 * i)) & 0xFF for i in range(nbytes)], 1)
         return byts.reshape(-1).to(torch.uint8)
     return packed.to(torch.uint8)
 
 
 def unpack(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
     """Inverse of ``pack``: the first ``numel`` codes, as a flat uint8 tensor."""
-    vals, _nbytes = _check_bits(bits)
+    vals, nbytes = _check_bits(bits)
     packed = packed.reshape(-1)
     if packed.dtype != torch.uint8 or packed.numel() != packed_nbytes(numel, bits):
         raise DataError(
@@ -71,10 +72,10 @@ def unpack(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
         )
     if bits == 8:
         return packed.clone()
-    words = packed.to(torch.int32)
-    if bits == 3:
-        b = words.reshape(-1, 3)
-        words = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
-    shifts = torch.arange(vals, dtype=torch.int32) * bits
+    words = packed.to(torch.int64)
+    if nbytes > 1:
+        b = words.reshape(-1, nbytes)
+        words = sum(b[:, i] << (8 * i) for i in range(nbytes))
+    shifts = torch.arange(vals, dtype=torch.int64) * bits
     codes = (words[:, None] >> shifts) & (2**bits - 1)
     return codes.reshape(-1)[:numel].to(torch.uint8)

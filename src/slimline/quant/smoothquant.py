@@ -37,6 +37,8 @@ from torch import nn
 from slimline.core import (
     Codec,
     Context,
+    Need,
+    SizeEffect,
     TechniqueConfig,
     register_codec,
     register_technique,
@@ -144,22 +146,38 @@ def smoothing_factors(
 
 
 @torch.no_grad()
+def divide_norm_(norm: nn.Module, s: torch.Tensor, offset: float = 0.0) -> None:
+    """Make ``norm``'s output channels 1/s as large, in place.
+
+    A norm scales by ``offset + weight``: 0 for most, 1 for Gemma's ``x * (1 + w)`` RMSNorm, where
+    dividing the stored weight alone would leave the ``1`` part unscaled; so
+    ``w <- (offset + w) / s - offset``.
+    """
+    if getattr(norm, "weight", None) is None:
+        raise UnsupportedArchitectureError(
+            f"{type(norm).__name__} has no weight to fold the scaling factors into",
+            "fold into an affine norm (RMSNorm/LayerNorm) before the linears",
+        )
+    w = norm.weight
+    w.copy_((w.double() + offset).div(s.double()).sub(offset).to(w.dtype))
+    if getattr(norm, "bias", None) is not None:
+        norm.bias.div_(s.to(norm.bias.dtype))
+
+
+@torch.no_grad()
 def smooth_pair(
-    norm: nn.Module, linears: list[nn.Module], x_absmax: torch.Tensor, alpha: float = 0.5
+    norm: nn.Module,
+    linears: list[nn.Module],
+    x_absmax: torch.Tensor,
+    alpha: float = 0.5,
+    norm_offset: float = 0.0,
 ) -> torch.Tensor:
     """Fold 1/s into ``norm`` (weight and bias) and s into every reader's weight columns.
 
     The block's function is unchanged in exact arithmetic; returns s.
     """
     s = smoothing_factors(x_absmax, [_weight_in_major(lin) for lin in linears], alpha)
-    if getattr(norm, "weight", None) is None:
-        raise UnsupportedArchitectureError(
-            f"{type(norm).__name__} has no weight to fold the smoothing factors into",
-            "SmoothQuant needs an affine norm (RMSNorm/LayerNorm) before the linears",
-        )
-    norm.weight.div_(s.to(norm.weight.dtype))
-    if getattr(norm, "bias", None) is not None:
-        norm.bias.div_(s.to(norm.bias.dtype))
+    divide_norm_(norm, s, norm_offset)
     for lin in linears:
         if type(lin).__name__ == "Conv1D":
             lin.weight.mul_(s.to(lin.weight.dtype)[:, None])
@@ -175,7 +193,7 @@ def block_pairs(arch: Any, ignore: Iterable[str] = ()) -> list[tuple[str, list[s
         raise UnsupportedArchitectureError(
             f"SmoothQuant folds into the norm before q/k/v; {arch.family} normalises after "
             "the residual add, so no norm reads only into those linears",
-            "use a pre-norm family (llama, mistral, qwen2, opt, gpt2) or weight-only quantization",
+            "use a pre-norm family (llama, qwen3, gemma3, phi3, opt, gpt2) or weight-only quantization",
         )
     ignore = list(ignore)
     qkv = [arch.roles["qkv"]] if "qkv" in arch.roles else [arch.roles[r] for r in ("q", "k", "v")]
@@ -188,7 +206,7 @@ def block_pairs(arch: Any, ignore: Iterable[str] = ()) -> list[tuple[str, list[s
 
 
 def _smooth_block(
-    step: Any, pairs: list[tuple[str, list[str]]], alpha: float
+    step: Any, pairs: list[tuple[str, list[str]]], alpha: float, norm_offset: float = 0.0
 ) -> list[tuple[float, float]]:
     """Collect max|x| of each norm's output on the block's calibration inputs, then fold."""
     blk = step.block
@@ -206,7 +224,11 @@ def _smooth_block(
     for norm_name, names in pairs:
         x_max = stats[names[0]]
         s = smooth_pair(
-            blk.get_submodule(norm_name), [blk.get_submodule(n) for n in names], x_max, alpha
+            blk.get_submodule(norm_name),
+            [blk.get_submodule(n) for n in names],
+            x_max,
+            alpha,
+            norm_offset,
         )
         after = x_max / s  # how much flatter the activation got: max/median channel magnitude
         ratios.append(
@@ -236,11 +258,12 @@ def smooth(
 
     _check_alpha(alpha)
     _batches(calib_ids, batch_size)
-    pairs = block_pairs(get_arch(model), ignore)
+    arch = get_arch(model)
+    pairs = block_pairs(arch, ignore)
     ratios: list[tuple[float, float]] = []
 
     def on_block(step: Any) -> dict[str, Any]:
-        r = _smooth_block(step, pairs, alpha)
+        r = _smooth_block(step, pairs, alpha, arch.norm_offset)
         ratios.extend(r)
         return (
             {
@@ -264,9 +287,14 @@ class SmoothQuant(TechniqueConfig):
     """Migrate activation outliers into the weights (no quantization by itself)."""
 
     kind: ClassVar[str] = "quant.smoothquant"
+    needs: ClassVar[frozenset[Need]] = frozenset({"calib"})
     alpha: float = 0.5
     ignore: list[str] = Field(default_factory=list)
     batch_size: int = 4
+
+    def size_effect(self) -> SizeEffect:
+        """Rescales weights; their width and count stay."""
+        return SizeEffect()
 
     @field_validator("alpha")
     @classmethod
@@ -478,6 +506,18 @@ class W8A8(TechniqueConfig):
     targets: list[str] = Field(default_factory=list)
     ignore: list[str] = Field(default_factory=lambda: ["lm_head"])
     batch_size: int = 4
+
+    def size_effect(self) -> SizeEffect:
+        """int8 codes per weight."""
+        return SizeEffect(bits=8)
+
+    def requires(self) -> frozenset[Need]:
+        """Calibration data for smoothing or static activation scales; none otherwise."""
+        return (
+            frozenset({"calib"})
+            if self.smooth_alpha is not None or self.act == "static"
+            else frozenset()
+        )
 
     @field_validator("smooth_alpha")
     @classmethod

@@ -51,10 +51,11 @@ def cost(lm: Any, cfg: Latency) -> dict[str, Any]:
 
     ``memory/peak_mb`` here is what serving this model needs: its tensors plus the resident growth
     during the profile. The process also holds the baseline (teacher) and the data, so its own
-    peak is kept apart as ``memory/process_peak_mb``. Engines other than torch: not measured.
+    peak is kept apart as ``memory/process_peak_mb``. ``engine: llamacpp``: the model is exported
+    to GGUF (grids kept exactly, verified) and measured in llama.cpp (``slimline.engines``).
     """
     if cfg.engine != "torch":
-        return {}
+        return _engine_costs([lm], cfg)[0]
     from slimline.profile import profile
 
     return _cost_metrics(profile(lm, repeats=cfg.repeats, breakdown=False, **_settings(cfg)), cfg)
@@ -65,11 +66,42 @@ def paired_cost(lm: Any, baseline: Any, cfg: Latency) -> tuple[dict[str, Any], d
     load change on a shared machine cannot make the compressed model look faster or slower than
     it is; the runner compares the final model with its baseline this way."""
     if cfg.engine != "torch":
-        return {}, {}
+        mine, theirs = _engine_costs([lm, baseline], cfg, paired=True)
+        return mine, theirs
     from slimline.profile import profile_paired
 
     mine, theirs = profile_paired([lm, baseline], rounds=cfg.repeats, **_settings(cfg))
     return _cost_metrics(mine, cfg, paired=True), _cost_metrics(theirs, cfg, paired=True)
+
+
+def _engine_costs(models: list[Any], cfg: Latency, paired: bool = False) -> list[dict[str, Any]]:
+    """Cost metrics on a non-torch engine (interleaved when several models), named as torch's:
+    ``memory/peak_mb`` = the file the engine runs plus the resident growth while it runs."""
+    from slimline.engines.profile import profile_engines_paired
+
+    res = profile_engines_paired(models, cfg.engine, rounds=cfg.repeats, **_settings(cfg))
+    out = []
+    for r in res:
+        m = dict(r["metrics"])
+        size = m.pop("size/bytes", 0.0)  # the runner sets size/bytes from the checkpoint
+        growth = max(0.0, m.get("memory/peak_mb", 0.0) - m.get("memory/start_mb", 0.0))
+        m["memory/model_mb"] = size / 1e6
+        m["memory/peak_mb"] = size / 1e6 + growth
+        env = r["env"]
+        m["latency/setup"] = {
+            "engine": cfg.engine,
+            "engine_name": env["engine"],
+            "engine_version": env["version"],
+            "threads": cfg.threads,
+            "prefill_tokens": cfg.prefill_tokens,
+            "prompt_tokens": cfg.prompt_tokens,
+            "decode_tokens": cfg.decode_tokens,
+            "repeats": cfg.repeats,
+            "paired_with_baseline": paired,
+            "cpu": (env.get("machine") or {}).get("cpu"),
+        }
+        out.append(m)
+    return out
 
 
 def _settings(cfg: Latency) -> dict[str, Any]:

@@ -13,7 +13,6 @@ import datetime as _dt
 import json
 import os
 import resource
-import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -23,15 +22,16 @@ from typing import Any
 import torch
 import yaml
 
-from slimline.core import Context, apply_technique
-from slimline.errors import ConfigError
+from slimline.core import Context, apply_technique, set_threads
+from slimline.errors import ConfigError, InputError
+from slimline.models.arch import get_arch
+from slimline.outputs import check_output, move_aside
 from slimline.profile.runtime import RssSampler
 from slimline.progress import track
 from slimline.recipe import measure
 from slimline.recipe.schema import Recipe, load_recipe
 from slimline.recipe.targets import Verdict, check_targets
-
-RUN_FILE = "run.json"
+from slimline.runstate import RUN_FILE, RUN_FORMAT, RUN_FORMAT_VERSION, is_run_dir, read_run_state
 
 
 @dataclass
@@ -90,10 +90,12 @@ class _Run:
         self.dir = run_dir
         self.threads = threads
         self.state: dict[str, Any] = {}
+        self.replaced: Path | None = None  # where --fresh moved the old run dir
 
     # --- run dir and resume ------------------------------------------------------------------
 
-    def open(self, resume: bool | None) -> None:
+    def check(self, resume: bool | None) -> None:
+        """Everything about the run dir that can refuse the run, before anything is written."""
         f = self.dir / RUN_FILE
         digest = self.recipe.work_digest()
         if not f.exists() and self.dir.is_dir() and any(self.dir.iterdir()):
@@ -101,15 +103,24 @@ class _Run:
                 f"{self.dir} is not empty and is not a run dir (no {RUN_FILE})",
                 "choose another run dir with -o",
             )
+        if not f.exists() and resume:
+            raise ConfigError(
+                f"nothing to resume: {f} does not exist", "run without --resume first"
+            )
         if f.exists() and resume is False:
-            self.discard()
+            if not is_run_dir(self.dir):
+                raise ConfigError(
+                    f"{self.dir} holds a {RUN_FILE} that `slimline run` did not write, so --fresh "
+                    "will not replace it (nothing was changed)",
+                    "choose another run dir with -o, or move that directory away yourself",
+                )
+            return
         if f.exists():
             try:
-                old = json.loads(f.read_text())
-            except (OSError, json.JSONDecodeError) as e:
+                old = read_run_state(self.dir)
+            except InputError as e:
                 raise ConfigError(
-                    f"{f} is unreadable ({e})",
-                    "start over with --fresh, or choose another dir with -o",
+                    e.problem, "choose another run dir with -o (it was left as it is)"
                 ) from e
             if old.get("work_digest") != digest:
                 raise ConfigError(
@@ -117,16 +128,24 @@ class _Run:
                     f"work digest {str(old.get('work_digest'))[:12]}); this recipe's is {digest[:12]}",
                     "replace it with --fresh, or choose a new run dir with -o",
                 )
-            self.state = old
+
+    def open(self, resume: bool | None) -> None:
+        """Create or resume the run dir (``check`` has passed): from here on it is written."""
+        f = self.dir / RUN_FILE
+        digest = self.recipe.work_digest()
+        if f.exists() and resume is False:
+            self.replaced = move_aside(self.dir)  # never deleted; what it registered stays
+        if f.exists():
+            self.state = read_run_state(self.dir)
             # same work, maybe other targets or name: re-check against this recipe
             self.state.update(recipe=self.recipe.to_dict(), recipe_digest=self.recipe.digest())
+            self.state.setdefault("format", RUN_FORMAT)
+            self.state.setdefault("format_version", RUN_FORMAT_VERSION)
         else:
-            if resume:
-                raise ConfigError(
-                    f"nothing to resume: {f} does not exist", "run without --resume first"
-                )
             self.dir.mkdir(parents=True, exist_ok=True)
             self.state = {
+                "format": RUN_FORMAT,
+                "format_version": RUN_FORMAT_VERSION,
                 "work_digest": digest,
                 "recipe_digest": self.recipe.digest(),
                 "recipe": self.recipe.to_dict(),
@@ -135,56 +154,74 @@ class _Run:
                 "status": "running",
                 "environment": _environment(self.recipe.data.seed),
             }
+            if self.replaced is not None:
+                self.state["replaced"] = str(self.replaced)
             self.save_state()
         _write_text(
             self.dir / "recipe.yaml", yaml.safe_dump(self.recipe.to_dict(), sort_keys=False)
         )
-
-    def discard(self) -> None:
-        """``--fresh``: the old run dir goes (renamed first, so a crash never leaves half of it);
-        what it registered stays in the registry."""
-        trash = self.dir.with_name(f".{self.dir.name}.discarded-{os.getpid()}")
-        os.replace(self.dir, trash)
-        shutil.rmtree(trash, ignore_errors=True)
 
     def save_state(self) -> None:
         _write_json(self.dir / RUN_FILE, self.state)
 
     # --- data and context ----------------------------------------------------------------------
 
-    def context(self, lm: Any, teacher: Any) -> Context:
-        from slimline.data import calibration_blocks, train_blocks
+    def supplies(self, base: Any) -> None:
+        """Load what the stages declare they need (``TechniqueConfig.requires``): calibration
+        blocks, training data, teacher models. Done before the run dir is written, so bad data
+        or a teacher that does not load refuses the run with nothing half-created. No technique
+        loads data or models itself."""
+        from slimline.data import calibration_blocks
+        from slimline.models import load_model
 
         d = self.recipe.data
-        calib = calibration_blocks(
-            lm.tokenizer,
-            d.calibration.source,
-            n=d.calibration.n,
-            seq_len=d.calibration.seq_len,
-            seed=d.seed,
-        )
-        train = None
-        if d.train is not None:
-            train = train_blocks(
-                lm.tokenizer,
-                d.train.source,
-                seq_len=d.train.seq_len,
-                seed=d.seed,
-                exclude_calib=d.calibration.n,
-            )[: d.train.n]
+        needs = [(cfg, cfg.requires()) for cfg in self.recipe.stages]
+        self.calib = None
+        if any("calib" in n for _, n in needs):
+            c = d.calibration
+            self.calib = calibration_blocks(
+                base.tokenizer, c.source, n=c.n, seq_len=c.seq_len, seed=d.seed
+            )
+        self.train: dict[tuple[str, int], Any] = {}
+        self.teachers: dict[str, Any] = {"base": base.model}
+        for cfg, n in needs:
+            if "train" in n:
+                key = self.train_split(cfg)
+                if key not in self.train:
+                    self.train[key] = _train_data(base, key, d)
+            spec = str(getattr(cfg, "teacher", "base"))
+            if "teacher" in n and spec not in self.teachers:
+                self.teachers[spec] = load_model(spec).model
+
+    def train_split(self, cfg: Any) -> tuple[str, int]:
+        """(source, seq_len) of a stage's training data: the recipe's ``data.train`` when set,
+        else the source and length the stage's config names (``data``, ``seq_len``)."""
+        t = self.recipe.data.train
+        if t is not None:
+            return t.source, t.seq_len
+        return str(getattr(cfg, "data", "python-docs")), int(getattr(cfg, "seq_len", 256))
+
+    def context(self, lm: Any) -> Context:
         work = self.dir / "work"
         work.mkdir(exist_ok=True)
-        first = next(iter(self.eval_sets.values()))
+        first = next(iter(self.eval_sets.values()), None)
         return Context(
             tokenizer=lm.tokenizer,
-            calib=calib,
-            train=train,
+            calib=self.calib,
             eval=first,
-            teacher=teacher.model,
-            seed=d.seed,
+            seed=self.recipe.data.seed,
             workdir=work,
             extra={"recipe": self.recipe.name, "arch": lm.arch},
         )
+
+    def for_stage(self, ctx: Context, cfg: Any) -> Context:
+        """The context of one stage: its training data and teacher, as it declared."""
+        n = cfg.requires()
+        ctx.train = self.train[self.train_split(cfg)] if "train" in n else None
+        ctx.teacher = (
+            self.teachers[str(getattr(cfg, "teacher", "base"))] if "teacher" in n else None
+        )
+        return ctx
 
     def load_eval(self, tokenizer: Any) -> None:
         from slimline.data import eval_blocks
@@ -211,7 +248,7 @@ class _Run:
         s = self.recipe.eval
         m: dict[str, Any] = {}
         base: dict[str, Any] = {}
-        if quality:
+        if quality and s.metrics and self.eval_sets:
             m.update(measure.quality(lm, self.eval_sets, s, teacher))
         m.update(measure.params(lm.model))
         if ckpt is not None:
@@ -258,7 +295,7 @@ def _save(lm: Any, path: Path, manifest: dict[str, Any], parent: str | None, hom
 def _load_checkpoint(path: Path, like: Any, home: Any) -> Any:
     """A stage checkpoint, verified (digests + signature by this home's key) before it is built."""
     from slimline.artifact import load_artifact
-    from slimline.models import LoadedModel, get_arch
+    from slimline.models import LoadedModel
 
     model, _, manifest = load_artifact(path, home=home)
     return LoadedModel(model, like.tokenizer, get_arch(model), like.kind, str(path), path, manifest)
@@ -273,6 +310,7 @@ def run_recipe(
     registry_home: str | os.PathLike[str] | None = None,
     report: bool = True,
     threads: int | None = None,
+    artifact_dir: str | os.PathLike[str] | None = None,
 ) -> RunResult:
     """Run ``recipe`` (a ``Recipe``, a file or a template name) in ``run_dir``.
 
@@ -281,20 +319,32 @@ def run_recipe(
     ``resume``: None = resume when the run dir holds this recipe's run, start fresh otherwise;
     True = must resume; False = must start fresh. ``register``: add the result (and its baseline
     as parent) to the registry at ``registry_home``. ``threads``: torch threads while compressing.
+    ``artifact_dir``: where the final artifact goes (new, or an artifact it replaces; default
+    ``RUN_DIR/artifact``).
+
+    The model, the data and every teacher are loaded and checked before the run dir is written.
     """
     from slimline.models import load_model
 
+    set_threads(threads)  # a bad count fails here, before the run dir is touched
+    if run_dir is not None:  # before the recipe's model is read: a bad path costs a second
+        check_output(run_dir, replace=True, what="run dir")  # resumed or refused by check()
+    if artifact_dir is not None:  # an artifact there is replaced (a continued run), nothing else
+        from slimline.artifact.spec import is_artifact
+
+        check_output(artifact_dir, replace=is_artifact)
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
     out = Path(run_dir) if run_dir is not None else default_run_dir(recipe)
+    check_output(out, replace=True, what="run dir")
     run = _Run(recipe, out, threads=threads)
-    run.open(resume)
-    if threads:
-        torch.set_num_threads(threads)
+    run.check(resume)
     t_start = time.perf_counter()
 
     teacher = load_model(recipe.model)
     run.load_eval(teacher.tokenizer)
+    run.supplies(teacher)
+    run.open(resume)
 
     # Baseline: its artifact is the parent of everything this run produces.
     base_dir = out / "baseline"
@@ -328,12 +378,16 @@ def run_recipe(
     baseline = run.state["baseline"]
 
     done = run.state["stages"]
+    for j, st in enumerate(done):  # same identity, other run control (more steps): go on from it
+        if st["config"] != recipe.stages[j].to_dict():
+            del done[j:]
+            break
     resumed = len(done)
     if done:  # resume from the last finished stage's checkpoint (verified before it is built)
         lm = _load_checkpoint(out / done[-1]["checkpoint"], teacher, registry_home)
     else:
         lm = load_model(recipe.model)
-    ctx = run.context(lm, teacher)
+    ctx = run.context(lm)
     parent = done[-1]["digest"] if done else baseline["digest"]
 
     for i, cfg in enumerate(track(recipe.stages, "stages")):
@@ -342,17 +396,19 @@ def run_recipe(
         _seed(recipe.data.seed + i)
         rss = RssSampler()
         t0 = time.perf_counter()
-        with rss:
-            record = apply_technique(lm.model, cfg, ctx)
+        # only a stage that trains needs autograd (the compress commands always ran without)
+        with rss, torch.set_grad_enabled("train" in cfg.requires()):
+            record = apply_technique(lm.model, cfg, run.for_stage(ctx, cfg))
         wall = time.perf_counter() - t0
+        lm.arch = get_arch(lm.model)  # a structural stage changed what the map describes
         name = f"stages/{i + 1:02d}-{cfg.kind}"
         ckpt = out / name
         last = i == len(recipe.stages) - 1
-        record = _jsonable(record)
+        rec = record.model_dump(mode="json")
         info = _save(
             lm,
             ckpt,
-            {"name": f"{recipe.name}-stage{i + 1}", "stage": record},
+            {"name": f"{recipe.name}-stage{i + 1}", "stage": rec},
             parent,
             registry_home,
         )
@@ -368,7 +424,7 @@ def run_recipe(
                 "index": i + 1,
                 "kind": cfg.kind,
                 "config": cfg.to_dict(),
-                "record": record,
+                "record": rec,
                 "wall_s": wall,
                 "peak_rss_mb": rss.peak / 1e6,
                 "process_peak_rss_mb": _peak_rss_mb(),
@@ -380,11 +436,14 @@ def run_recipe(
         )
         parent = info.digest
         run.save_state()
+        _after_stage(i)
 
     final = done[-1]["metrics"] if done else baseline["metrics"]
     verdicts = check_targets(recipe.targets, final, baseline["metrics"])
     res = RunResult(out, recipe, baseline, done, final, verdicts, resumed_from=resumed)
-    art = out / "artifact"
+    if run.replaced is not None:
+        res.extra["replaced"] = run.replaced
+    art = Path(artifact_dir) if artifact_dir is not None else out / "artifact"
     manifest = {
         "name": recipe.name,
         "recipe": recipe.to_dict(),
@@ -409,7 +468,7 @@ def run_recipe(
             "status": "finished",
             "finished_at": _now(),
             "wall_s": run.state.get("wall_s", 0.0) + time.perf_counter() - t_start,
-            "artifact": "artifact",
+            "artifact": "artifact" if artifact_dir is None else str(art.resolve()),
             "digest": info.digest,
             "verdicts": [v.to_dict() for v in res.verdicts],
             "student": _describe(lm),
@@ -426,6 +485,11 @@ def run_recipe(
     return res
 
 
+def _after_stage(index: int) -> None:
+    """Called once a stage's checkpoint and state are written: the point a killed run resumes
+    from. A no-op; tests replace it to kill a run exactly there."""
+
+
 def _register(recipe: Recipe, base: Path, art: Path, home: Any) -> dict[str, Any]:
     from slimline.registry import Registry
 
@@ -433,6 +497,22 @@ def _register(recipe: Recipe, base: Path, art: Path, home: Any) -> dict[str, Any
     b = reg.register(base, f"{recipe.name}-baseline")
     v = reg.register(art, recipe.name, parent=b.ref)
     return {"ref": v.ref, "digest": v.digest, "parent": b.ref, "home": str(reg.home)}
+
+
+def _train_data(base: Any, split: tuple[str, int], d: Any) -> Any:
+    """Training data for a stage: the recipe's ``data.train`` (``n`` blocks, never a calibration
+    block), else every training block of the stage's source (``slimline.distill.make_data``:
+    packed blocks for causal LMs, padded paragraphs for encoders)."""
+    from slimline.data import train_blocks
+    from slimline.distill import make_data
+
+    source, seq_len = split
+    if d.train is not None:
+        blocks = train_blocks(
+            base.tokenizer, source, seq_len=seq_len, seed=d.seed, exclude_calib=d.calibration.n
+        )
+        return blocks[: d.train.n]
+    return make_data(base, source, seq_len, d.seed)
 
 
 def _fingerprint(ctx: Context) -> str | None:
@@ -472,15 +552,3 @@ def _describe(lm: Any) -> dict[str, Any]:
     out["vocab"] = int(getattr(cfg, "vocab_size", 0) or 0)
     out["params"] = measure.params(lm.model)["params/total"]
     return out
-
-
-def _jsonable(v: Any) -> Any:
-    return json.loads(json.dumps(v, default=_default))
-
-
-def _default(o: Any) -> Any:
-    if isinstance(o, torch.Tensor):
-        return o.tolist() if o.numel() <= 4096 else f"tensor{tuple(o.shape)}"
-    if isinstance(o, Path):
-        return str(o)
-    return str(o)

@@ -27,11 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from slimline.core import TechniqueConfig, get_technique, make_config, techniques
 from slimline.errors import ConfigError, ModelLoadError, SlimlineError
 from slimline.metrics import higher_is_better
+from slimline.yamlio import load_yaml
 
 QUALITY_METRICS = ("ppl", "bpb", "ece", "kl/teacher", "agree/top1")
 
@@ -153,6 +154,7 @@ class Recipe(_Strict):
     stages: list[Any] = []
     eval: EvalSuite = EvalSuite()
     source: str | None = None  # the file it was read from (not part of the digest)
+    _lines: dict = PrivateAttr(default_factory=dict)  # key path -> line in ``source``
 
     @field_validator("stages", mode="before")
     @classmethod
@@ -187,8 +189,11 @@ class Recipe(_Strict):
     def work_digest(self) -> str:
         """sha256 of what decides the model and its measurements (model, data, stages, eval):
         a run dir resumes only under the same work digest. Name, description and targets are
-        left out, so tightening a target re-checks a finished run instead of redoing it."""
+        left out, so tightening a target re-checks a finished run instead of redoing it; so are
+        a stage's run-control fields (``TechniqueConfig.identity``): more distillation steps go
+        on from where the run stopped."""
         d = {k: v for k, v in self.to_dict().items() if k not in ("name", "description", "targets")}
+        d["stages"] = [s.identity() for s in self.stages]
         blob = json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()
 
@@ -274,7 +279,7 @@ def parse_recipe(data: Any, source: str = "<recipe>", lines: dict | None = None)
             except ConfigError as e:
                 raise ConfigError(f"{where}: {e.problem}", e.fix) from e
     try:
-        return Recipe(**data, source=source if source != "<recipe>" else None)
+        recipe = Recipe(**data, source=source if source != "<recipe>" else None)
     except TypeError as e:
         raise ConfigError(f"{source}: {e}", _allowed_hint(())) from e
     except ValidationError as e:
@@ -292,6 +297,82 @@ def parse_recipe(data: Any, source: str = "<recipe>", lines: dict | None = None)
         raise ConfigError(
             f"{where}: {field}: {msg}", _allowed_hint(loc[:-1] if len(loc) > 1 else loc)
         ) from e
+    recipe._lines = lines
+    check_targets_measured(recipe, source, lines)
+    return recipe
+
+
+COST_FAMILIES = ("latency/", "memory/", "flops/")  # measured by the latency profile
+ALWAYS_MEASURED = ("size/bytes", "params/total", "params/nonzero")
+
+
+def measured_metrics(recipe: Recipe) -> set[str]:
+    """The metric names a run of ``recipe`` records on the baseline and the final model (what
+    ``recipe.measure`` keeps: ``ppl/<dataset>``, ``kl/teacher`` pooled and per dataset, ...).
+    Cost metrics (``latency/*``, ``memory/*``, ``flops/*``) are not listed one by one: they are
+    measured when ``eval.latency`` is set with the torch engine."""
+    s = recipe.eval
+    names = set(ALWAYS_MEASURED)
+    for m in s.metrics:
+        if m in ("ppl", "bpb"):
+            names |= {f"{m}/{ds}" for ds in s.datasets}
+            continue
+        names.add(m)
+        if len(s.datasets) > 1:
+            names |= {f"{m}/{ds}" for ds in s.datasets}
+    return names
+
+
+def _latency_measured(recipe: Recipe) -> bool:
+    lat = recipe.eval.latency
+    return lat is not None and lat.engine in ("torch", "llamacpp")  # see slimline.engines
+
+
+def check_targets_measured(
+    recipe: Recipe, source: str = "<recipe>", lines: dict | None = None
+) -> None:
+    """Refuse a target on a metric the recipe never measures: its verdict could only ever be
+    "not measured", so the recipe would run to the end without being judged."""
+    lines = lines or {}
+    s, t = recipe.eval, recipe.targets
+    lat = s.latency
+    for name, lim in (
+        ("max_prefill_ms", t.max_prefill_ms),
+        ("min_decode_tok_s", t.min_decode_tok_s),
+    ):
+        if lim is None:
+            continue
+        where = _where(source, lines, ("targets", name))
+        if not _latency_measured(recipe):
+            raise ConfigError(
+                f"{where}: targets.{name} needs latency, but eval.latency "
+                + ("is off" if lat is None else f"uses engine {lat.engine!r}, which is not timed"),
+                "set eval.latency (engine: torch), or drop the target",
+            )
+        assert lat is not None
+        if (lim.engine, lim.threads) != (lat.engine, lat.threads):
+            raise ConfigError(
+                f"{where}: targets.{name} holds on {lim.engine} with {lim.threads} threads, but "
+                f"eval.latency measures on {lat.engine} with {lat.threads} threads",
+                f"make them agree: set eval.latency.threads to {lim.threads}, or the target's threads to {lat.threads}",
+            )
+    if t.max_memory_mb is not None and not _latency_measured(recipe):
+        raise ConfigError(
+            f"{_where(source, lines, ('targets', 'max_memory_mb'))}: targets.max_memory_mb needs "
+            "the memory profile, which runs with eval.latency, and eval.latency is off",
+            "set eval.latency (engine: torch), or drop the target",
+        )
+    measured = measured_metrics(recipe)
+    for metric in t.max_quality_loss:
+        if metric in measured or (metric.startswith(COST_FAMILIES) and _latency_measured(recipe)):
+            continue
+        where = _where(source, lines, ("targets", "max_quality_loss", metric))
+        quality = sorted(m for m in measured if m not in ALWAYS_MEASURED)
+        raise ConfigError(
+            f"{where}: target on {metric}, which this recipe never measures "
+            f"(eval.metrics {s.metrics} on eval.datasets {s.datasets} give: {', '.join(quality) or 'none'})",
+            "add the metric to eval.metrics and its dataset to eval.datasets, or target one that is measured",
+        )
 
 
 def _where(source: str, lines: dict, loc: tuple[Any, ...]) -> str:
@@ -310,15 +391,7 @@ def load_recipe(path: str | Path, *, check: bool = True) -> Recipe:
         text = p.read_text()
     except OSError as e:
         raise ConfigError(f"cannot read recipe {p}: {e}", "check the path") from e
-    try:
-        node = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{p}:{mark.line + 1}" if mark else str(p)
-        raise ConfigError(
-            f"{where}: not valid YAML ({getattr(e, 'problem', e)})", "fix the YAML syntax"
-        ) from e
+    data, node = load_yaml(text, str(p))  # no aliases: a "billion laughs" file is refused here
     lines = _node_lines(node) if node is not None else {}
     recipe = parse_recipe(data, str(p), lines)
     if check:
@@ -351,39 +424,16 @@ def resolve_recipe_path(path: str | Path) -> Path:
 # --- checks that need the model: it loads, and the targets are reachable --------------------------
 
 
-def model_params(spec: str) -> dict[str, int]:
-    """Parameter counts of ``spec`` built on the meta device (no weights read): total and the
-    part in Linear layers inside the blocks, which is what quantizers and pruners shrink."""
-    from accelerate import init_empty_weights
+def model_params(spec: str, lm: Any = None) -> dict[str, int]:
+    """Parameter counts of ``spec`` (or of the already loaded ``lm``): total, and the part in
+    Linear layers inside the blocks, which is what quantizers and pruners shrink."""
     from torch import nn
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
-    from slimline.models import BUNDLED, bundled_path, get_arch, load_model
+    from slimline.models import load_model
 
-    path: Path | None = None
-    if spec in BUNDLED:
-        path = bundled_path(spec)
-    elif Path(spec).expanduser().is_dir() and (Path(spec).expanduser() / "config.json").exists():
-        path = Path(spec).expanduser()
-    if path is None:  # a GGUF file, a cache id, or nothing loadable: the loader says which
-        model = load_model(spec).model
-    else:
-        try:
-            cfg = AutoConfig.from_pretrained(str(path), local_files_only=True)
-            enc = cfg.model_type == "bert"
-            with init_empty_weights():
-                model = (AutoModel if enc else AutoModelForCausalLM).from_config(cfg)
-            out_emb = model.get_output_embeddings() if not enc else None
-            if getattr(cfg, "tie_word_embeddings", False) and out_emb is not None:
-                out_emb.weight = (
-                    model.get_input_embeddings().weight
-                )  # meta: not tied by from_config
-        except Exception as e:  # transformers raises many types for a bad config
-            raise ModelLoadError(
-                f"cannot load model {spec}: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
-                "point `model:` at a Hugging Face directory, a .gguf file or a bundled name",
-            ) from e
-    arch = get_arch(model)
+    if lm is None:
+        lm = load_model(spec)
+    model, arch = lm.model, lm.arch
     prefix = arch.block_prefix(model) + "."
     seen: set[int] = set()
     total = linear = 0
@@ -398,87 +448,89 @@ def model_params(spec: str) -> dict[str, int]:
     return {"total": total, "block_linear": linear}
 
 
-def _min_bits(stage: TechniqueConfig) -> float | None:
-    vals = [
-        float(v)
-        for k, v in stage.model_dump().items()
-        if k in ("bits", "wbits", "w_bits", "weight_bits") and isinstance(v, (int, float))
-    ]
-    # Mixed precision: the lowest bit width it may choose.
-    for k, v in stage.model_dump().items():
-        if k in ("bits_choices", "choices", "candidate_bits") and isinstance(v, list) and v:
-            vals.append(float(min(v)))
-    return min(vals) if vals else None
-
-
-def _removes_params(stage: TechniqueConfig) -> bool:
-    """True when a stage may physically remove parameters by an amount we cannot bound from its
-    config alone (structured pruning, distillation into a smaller student, low rank)."""
-    fields = set(stage.model_dump())
-    structural = {
-        "remove",
-        "n_remove",
-        "amount",
-        "keep",
-        "ratio",
-        "fraction",
-        "rank",
-        "rank_ratio",
-        "student",
-        "n_blocks",
-    }
-    return bool(fields & structural) or stage.kind.startswith(("distill", "lowrank"))
-
-
-def _max_sparsity(stage: TechniqueConfig) -> float:
-    """The largest share of weights a stage may zero (a sparse format could skip storing them)."""
-    d = stage.model_dump()
-    out = 0.0
-    if isinstance(d.get("sparsity"), (int, float)):
-        out = float(d["sparsity"])
-    pattern = d.get("pattern")
-    if isinstance(pattern, str) and re.fullmatch(r"\d+:\d+", pattern):
-        n, m = map(int, pattern.split(":"))
-        out = max(out, 1 - n / m)
-    per_layer = d.get("sparsity_per_layer")
-    if isinstance(per_layer, dict) and per_layer:
-        out = max(out, *(float(v) for v in per_layer.values() if isinstance(v, (int, float))))
-    return min(max(out, 0.0), 1.0)
-
-
 def size_lower_bound_mb(recipe: Recipe, params: dict[str, int]) -> float | None:
     """The smallest artifact the stages can possibly produce, or None when it cannot be bounded.
 
-    Block Linear weights go to the lowest bit width any stage declares (32 when none quantizes),
-    everything else (embeddings, norms) stays at 16 bits at the very least; zeroed weights are
-    taken as free (a sparse format could skip them) and scales/zeros/masks as costless, so the
-    bound is never above what is reachable."""
-    if any(_removes_params(s) for s in recipe.stages):
+    Read from what each stage's config declares (``TechniqueConfig.size_effect``), never guessed
+    from field names: block Linear weights go to the fewest bits any stage may store them in (32
+    when none quantizes), everything else (embeddings, norms) stays at 16 bits at the very least;
+    zeroed weights are taken as free (a sparse format can skip them) and scales/zeros/masks as
+    costless, so the bound is never above what is reachable. A stage that declares nothing
+    (it removes parameters, trains, factorises) leaves no provable bound."""
+    effects = [s.size_effect() for s in recipe.stages]
+    if any(e is None for e in effects):
         return None
-    sized = ("bits", "wbits", "w_bits", "weight_bits", "sparsity", "pattern", "sparsity_per_layer")
-    if any(not set(s.model_dump()) & set(sized) for s in recipe.stages):
-        return None  # a stage whose effect on size its config does not state: no provable bound
-    bits = [b for b in (_min_bits(s) for s in recipe.stages) if b is not None]
+    bits = [e.bits for e in effects if e is not None and e.bits is not None]
     b = min(bits) if bits else 32.0
-    kept = 1.0 - max([_max_sparsity(s) for s in recipe.stages] or [0.0])
+    kept = min([e.kept for e in effects if e is not None] or [1.0])
     other = params["total"] - params["block_linear"]
     rest_bits = 16.0 if bits else 32.0
     return (params["block_linear"] * kept * b / 8 + other * rest_bits / 8) / 1e6
 
 
-def check_recipe(recipe: Recipe, lines: dict | None = None) -> dict[str, Any]:
-    """Checks that need the model: it loads, and no target contradicts what the stages can reach.
-
-    Raises ``ModelLoadError`` / ``TargetError``; returns what it found (params, size bound)."""
-    from slimline.errors import TargetError
+def check_data(recipe: Recipe, lines: dict | None = None, tokenizer: Any = None) -> None:
+    """Every data source the recipe names exists and holds text; with the model's ``tokenizer``,
+    the calibration and eval blocks are built exactly as the run will build them (so too little
+    text, or calibration re-using each token many times, fails now, not after the baseline)."""
+    from slimline.data import calibration_blocks, eval_blocks, text_part
+    from slimline.data.blocks import mixed_sources
 
     lines = lines or {}
     src = recipe.source or recipe.name
+    d = recipe.data
+    uses: list[tuple[tuple[Any, ...], str, str]] = [
+        (("data", "calibration", "source"), d.calibration.source, "fit")
+    ]
+    if d.train is not None:
+        uses.append((("data", "train", "source"), d.train.source, "fit"))
+    uses += [(("eval", "datasets", i), ds, "eval") for i, ds in enumerate(recipe.eval.datasets)]
+    for loc, source, part in uses:
+        try:
+            for one in mixed_sources(source) if part == "fit" else [source]:
+                text_part(one, part)
+            if tokenizer is None:
+                continue
+            if loc[:2] == ("data", "calibration"):
+                calibration_blocks(
+                    tokenizer, source, d.calibration.n, d.calibration.seq_len, d.seed
+                )
+            elif part == "eval":
+                eval_blocks(tokenizer, source, recipe.eval.seq_len, recipe.eval.windows)
+        except SlimlineError as e:
+            where = _where(src, lines, loc)
+            raise type(e)(f"{where}: {'.'.join(map(str, loc[:2]))}: {e.problem}", e.fix) from e
+
+
+def check_recipe(
+    recipe: Recipe, lines: dict | None = None, *, model: bool = True
+) -> dict[str, Any]:
+    """Checks beyond the schema: the data sources exist; with ``model``, the model loads the way
+    the run will load it (complete safetensors weights, finite, no pickle, no model code, a
+    tokenizer), its calibration/eval blocks can be built, and no target contradicts what the
+    stages can reach.
+
+    Raises ``ModelLoadError`` / ``DataError`` / ``TargetError``; returns what it found."""
+    from slimline.errors import TargetError
+    from slimline.models import load_model
+
+    lines = lines or recipe._lines
+    src = recipe.source or recipe.name
+    if not model:
+        check_data(recipe, lines)
+        return {}
+    where = _where(src, lines, ("model",))
     try:
-        params = model_params(recipe.model)
+        lm = load_model(recipe.model)
     except SlimlineError as e:
-        where = _where(src, lines, ("model",))
         raise type(e)(f"{where}: model {recipe.model!r} does not load: {e.problem}", e.fix) from e
+    if lm.tokenizer is None:
+        raise ModelLoadError(
+            f"{where}: model {recipe.model!r} has no tokenizer; a recipe calibrates and evaluates on text",
+            "save the tokenizer with the model (tokenizer.save_pretrained(DIR), or save_artifact(model, tokenizer, DIR))",
+        )
+    check_data(recipe, lines, lm.tokenizer)
+    params = model_params(recipe.model, lm)
+    del lm
     bound = size_lower_bound_mb(recipe, params)
     t = recipe.targets
     if bound is not None and t.max_size_mb is not None and t.max_size_mb < bound:

@@ -4,6 +4,14 @@ Layout under the home dir (``SLIMLINE_HOME``, default ``~/.slimline``)::
 
     registry.db            versions, metrics, aliases, alias history, gates, audit
     store/<digest>/        one verified copy of each registered artifact
+    store.owner            which database created the store's records (its id and path)
+
+The store belongs to one database: ``gc`` refuses to run from any other (an emptied, missing or
+redirected database would otherwise see every stored artifact as unreferenced), and even then
+removes only digest-named directories that this database's audit log shows it registered, plus
+its own temp copies once stale. Files a user put in ``store/`` are never touched. Promotion
+re-verifies the stored copy, and registering a digest that is already stored verifies the
+incoming copy and replaces a stored copy that no longer verifies.
 
 Several processes may write at once: WAL journal, a busy timeout, and every write in a
 ``BEGIN IMMEDIATE`` transaction (so version numbers are allocated under the write lock).
@@ -31,12 +39,15 @@ from typing import Any
 from slimline.artifact.keys import home_dir
 from slimline.artifact.spec import manifest_digest, read_manifest
 from slimline.artifact.verify import VerifyReport, verify_artifact
-from slimline.errors import ConfigError, RegistryError
+from slimline.errors import ConfigError, IntegrityError, RegistryError
 from slimline.registry.gates import Gate, GateReport, GateResult, evaluate_gates
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the meta table (the database's id, which owns the store)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _HEX = re.compile(r"^[0-9a-f]{6,64}$")
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+_TMP = re.compile(r"^\.tmp-[0-9a-f]{32}$")
+OWNER_FILE = "store.owner"
 _STALE_TMP_S = 3600.0  # a registration's temp copy older than this is debris from a crash
 
 _SCHEMA = """
@@ -59,6 +70,7 @@ CREATE TABLE IF NOT EXISTS alias_history(
   version_id INTEGER NOT NULL, previous_id INTEGER, at TEXT NOT NULL,
   undone INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS gates(scope TEXT PRIMARY KEY, gates TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS audit(
   id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, who TEXT NOT NULL,
   action TEXT NOT NULL, ref TEXT, details TEXT NOT NULL);
@@ -192,11 +204,67 @@ class Registry:
                 db.executescript(
                     f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version={SCHEMA_VERSION};COMMIT;"
                 )
+            row = db.execute("SELECT value FROM meta WHERE key='id'").fetchone()
+            if row is None:
+                db.execute("BEGIN IMMEDIATE")
+                db.execute(
+                    "INSERT OR IGNORE INTO meta(key, value) VALUES ('id', ?)", (uuid.uuid4().hex,)
+                )
+                db.execute("COMMIT")
+                row = db.execute("SELECT value FROM meta WHERE key='id'").fetchone()
+            self.db_id: str = row[0]
+            self._claim_store(db)
         except sqlite3.Error as e:
             raise self._error(e) from e
         finally:
             if db is not None:
                 db.close()
+
+    # --- who owns the store ----------------------------------------------------------------------
+
+    @staticmethod
+    def _registered_digests(db: sqlite3.Connection) -> set[str]:
+        """Every digest this database has recorded: referenced now, or registered once."""
+        found = {r[0] for r in db.execute("SELECT DISTINCT digest FROM versions")}
+        for (details,) in db.execute("SELECT details FROM audit WHERE action='register'"):
+            d = json.loads(details).get("digest")
+            if isinstance(d, str):
+                found.add(d)
+        return found
+
+    def _blobs(self) -> list[Path]:
+        return [d for d in self.store.iterdir() if _DIGEST.match(d.name) and d.is_dir()]
+
+    def owner(self) -> dict[str, Any] | None:
+        """The store's owner record (``id`` and ``db`` of the database that created its records),
+        or None when there is none or it cannot be read."""
+        try:
+            data = json.loads((self.home / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) and isinstance(data.get("id"), str) else None
+
+    def _claim_store(self, db: sqlite3.Connection) -> None:
+        """Record this database as the store's owner when that is provable: the store holds no
+        artifacts yet, or this database registered some of those it holds (a registry made before
+        the owner record existed). A store full of artifacts this database never saw stays
+        unclaimed, and ``gc`` refuses to run on it."""
+        path = self.home / OWNER_FILE
+        if path.exists():
+            return
+        blobs = {d.name for d in self._blobs()}
+        if blobs and not blobs & self._registered_digests(db):
+            return
+        tmp = self.home / f".{OWNER_FILE}.tmp-{uuid.uuid4().hex}"
+        try:
+            tmp.write_text(json.dumps({"id": self.db_id, "db": str(self.db_path.resolve())}) + "\n")
+            os.link(tmp, path)  # atomic and never over another process's claim
+        except FileExistsError:
+            pass
+        except OSError:  # a read-only home: nothing to claim, gc refuses later
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
 
     @contextlib.contextmanager
     def _tx(self, write: bool = True) -> Iterator[sqlite3.Connection]:
@@ -329,22 +397,16 @@ class Registry:
             )
         src = Path(getattr(artifact_path, "path", artifact_path))  # a path or an ArtifactInfo
         manifest = read_manifest(src)
-        digest = None
-        final = tmp = None
+        digest = manifest_digest(manifest)
+        final = self.store / digest
+        # Verify the copy we would keep, always (an identical digest proves nothing about the
+        # bytes of this copy), and name the user's path in what goes wrong, not the temp copy.
+        tmp: Path | None = self.store / f".tmp-{uuid.uuid4().hex}"
         try:
-            digest = manifest_digest(manifest)
-            final = self.store / digest
-            if final.is_dir():
-                # The content is already stored (verified then): check only who signed this copy.
-                rep = verify_artifact(
-                    src, trusted_keys=trusted_keys, home=self.home, check_digests=False
-                )
-            else:
-                tmp = self.store / f".tmp-{uuid.uuid4().hex}"
-                shutil.copytree(src, tmp, symlinks=True)
-                rep = verify_artifact(
-                    tmp, trusted_keys=trusted_keys, home=self.home
-                )  # verify what we keep
+            shutil.copytree(src, tmp, symlinks=True)
+            rep = _as_user_path(
+                verify_artifact(tmp, trusted_keys=trusted_keys, home=self.home), tmp, src
+            )
             if not rep.ok:
                 with self._tx() as db:
                     self._audit(
@@ -355,6 +417,8 @@ class Registry:
                         problems=[p for p, _ in rep.problems],
                     )
                 rep.raise_for_problems()
+            # A stored copy that no longer verifies is replaced by this verified one.
+            stored_bad = final.is_dir() and not self._stored_ok(final, digest, trusted_keys)
             mets = {**(manifest.get("metrics") or {}), **(metrics or {})}
             rec = recipe if recipe is not None else manifest.get("recipe")
             fp = (
@@ -393,6 +457,16 @@ class Registry:
                         "INSERT INTO metrics(version_id, name, value) VALUES (?,?,?)",
                         [(vid, k, _metric_value(v)) for k, v in sorted(mets.items())],
                     )
+                    # under the write lock: gc cannot remove the stored copy meanwhile
+                    repaired = False
+                    if not final.is_dir():
+                        os.replace(tmp, final)
+                        tmp, renamed = None, True
+                    elif stored_bad:
+                        old = self.store / f".tmp-{uuid.uuid4().hex}"
+                        os.replace(final, old)
+                        os.replace(tmp, final)
+                        tmp, repaired = old, True  # the corrupt copy goes in `finally`
                     self._audit(
                         db,
                         "register",
@@ -401,16 +475,8 @@ class Registry:
                         parent=parent_digest,
                         source=str(src),
                         metrics=mets,
+                        **({"repaired_stored_copy": True} if repaired else {}),
                     )
-                    if not final.is_dir():  # under the write lock: gc cannot remove it meanwhile
-                        if tmp is None:
-                            tmp = self.store / f".tmp-{uuid.uuid4().hex}"
-                            shutil.copytree(src, tmp, symlinks=True)
-                            verify_artifact(
-                                tmp, trusted_keys=trusted_keys, home=self.home
-                            ).raise_for_problems()
-                        os.replace(tmp, final)
-                        tmp, renamed = None, True
                     version = self._version(
                         db, db.execute("SELECT * FROM versions WHERE id=?", (vid,)).fetchone()
                     )
@@ -422,6 +488,10 @@ class Registry:
         finally:
             if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
+
+    def _stored_ok(self, path: Path, digest: str, trusted_keys: Any = None) -> bool:
+        rep = verify_artifact(path, trusted_keys=trusted_keys, home=self.home)
+        return rep.ok and rep.digest == digest
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -542,19 +612,49 @@ class Registry:
             )
 
     def promote(
-        self, ref: str, alias: str, *, force: bool = False, reason: str | None = None
+        self,
+        ref: str,
+        alias: str,
+        *,
+        force: bool = False,
+        reason: str | None = None,
+        trusted_keys: Any = None,
     ) -> GateReport:
         """Point ``alias`` of the version's model at it if every gate passes (or ``force`` with a
         ``reason``, which is audited). A blocked promotion is audited and returned with
-        ``promoted=False``; check ``report.promoted``."""
+        ``promoted=False``; check ``report.promoted``. The stored copy is verified first (digests
+        and signature): one that fails is never promoted, forced or not (``IntegrityError``)."""
         self._check_alias(alias)
         if force and not (reason and reason.strip()):
             raise ConfigError(
                 "--force needs a reason",
                 "say why the gates are overridden: --reason '...' (it goes to the audit log)",
             )
+        checked = self.get(ref)
+        rep_files = self._check_stored(checked, trusted_keys)  # outside the lock: hashing is slow
+        if not rep_files.ok:
+            with self._tx() as db:
+                self._audit(
+                    db,
+                    "promote_refused",
+                    checked.ref,
+                    alias=alias,
+                    digest=checked.digest,
+                    problems=[p for p, _ in rep_files.problems],
+                )
+            problem, _ = rep_files.problems[0]
+            raise IntegrityError(
+                f"refusing to promote {checked.ref} to {alias}: its stored copy does not verify ({problem})",
+                f"register the original artifact again (`slimline registry register PATH {checked.name}`): "
+                "a verified copy replaces the damaged one; then promote",
+            )
         with self._tx() as db:
             v = self._resolve(db, ref)
+            if v.digest != checked.digest:
+                raise RegistryError(
+                    f"{ref} moved to another version while it was being verified",
+                    "run the promotion again",
+                )
             results = evaluate_gates(
                 self._gates(db, alias, v.name), v.metrics, self._references(db, v, alias)
             )
@@ -644,9 +744,7 @@ class Registry:
 
     # --- integrity and housekeeping ------------------------------------------------------------
 
-    def verify(self, ref: str, *, trusted_keys: Any = None) -> VerifyReport:
-        """Re-check the stored copy of ``ref`` (digests, signature); audited either way."""
-        v = self.get(ref)
+    def _check_stored(self, v: Version, trusted_keys: Any = None) -> VerifyReport:
         rep = verify_artifact(v.path, trusted_keys=trusted_keys, home=self.home)
         if rep.ok and rep.digest != v.digest:
             rep.problems.append(
@@ -655,6 +753,12 @@ class Registry:
                     "re-register the artifact",
                 )
             )
+        return rep
+
+    def verify(self, ref: str, *, trusted_keys: Any = None) -> VerifyReport:
+        """Re-check the stored copy of ``ref`` (digests, signature); audited either way."""
+        v = self.get(ref)
+        rep = self._check_stored(v, trusted_keys)
         with self._tx() as db:
             self._audit(db, "verify", v.ref, ok=rep.ok, problems=[p for p, _ in rep.problems])
         return rep
@@ -673,19 +777,53 @@ class Registry:
             return v
 
     def gc(self, *, dry_run: bool = False) -> list[str]:
-        """Remove store directories no version references (and stale temp copies); returns them."""
+        """Remove stored artifacts this database registered and no version references any more,
+        and its stale temp copies; returns their names.
+
+        Refuses (``RegistryError``) unless this database owns the store (see ``owner``): an
+        emptied, missing or redirected database sees every stored artifact as unreferenced.
+        Never touches an entry it cannot prove is its own (any other name, a symlink, a digest
+        this database never registered)."""
+        owner = self.owner()
+        if owner is None or owner["id"] != self.db_id:
+            holder = (
+                f"belongs to the registry database {owner.get('db')}"
+                if owner is not None
+                else "has no owner record"
+            )
+            raise RegistryError(
+                f"refusing to garbage-collect {self.store}: it {holder}, and this database "
+                f"({self.db_path}) did not create its records; nothing was removed",
+                "run gc with the database that registered these artifacts "
+                + (
+                    f"(SLIMLINE_REGISTRY_DB={owner.get('db')}, or unset SLIMLINE_REGISTRY_DB)"
+                    if owner is not None
+                    else "(unset SLIMLINE_REGISTRY_DB, or restore registry.db from a backup)"
+                ),
+            )
         removed = []
         with self._tx() as db:
             used = {r["digest"] for r in db.execute("SELECT DISTINCT digest FROM versions")}
+            ours = self._registered_digests(db)
             now = time.time()
             for d in sorted(self.store.iterdir()):
-                if d.name.startswith(".tmp-"):
+                if d.is_symlink() or not d.is_dir():
+                    continue
+                if _TMP.match(d.name):
                     if now - d.stat().st_mtime < _STALE_TMP_S:
                         continue  # a registration in progress
-                elif d.name in used:
+                elif not (_DIGEST.match(d.name) and d.name in ours and d.name not in used):
                     continue
                 removed.append(d.name)
                 if not dry_run:
-                    shutil.rmtree(d) if d.is_dir() else d.unlink()
+                    shutil.rmtree(d)
             self._audit(db, "gc", None, removed=removed, dry_run=dry_run)
         return removed
+
+
+def _as_user_path(rep: VerifyReport, tmp: Path, src: Path) -> VerifyReport:
+    """A report on the temp copy, told in terms of the path the user gave."""
+    t, u = str(tmp), str(src)
+    rep.path = u
+    rep.problems = [(p.replace(t, u), f.replace(t, u)) for p, f in rep.problems]
+    return rep

@@ -10,23 +10,43 @@ from pathlib import Path
 from typing import Any
 
 from slimline.errors import InputError
+from slimline.outputs import check_output
 from slimline.report.card import SECTIONS, fmt, model_card
 from slimline.report.plots import heatmap, quality_vs_latency, quality_vs_size
 
 REPORT, CARD = "report.html", "MODEL_CARD.md"
 
-__all__ = ["CARD", "REPORT", "SECTIONS", "model_card", "read_run", "render_html", "write_report"]
+__all__ = [
+    "CARD",
+    "REPORT",
+    "SECTIONS",
+    "check_finished",
+    "model_card",
+    "read_run",
+    "render_html",
+    "write_report",
+]
 
 
 def read_run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """The ``run.json`` of a run dir (what the runner recorded)."""
-    f = Path(run_dir) / "run.json"
-    try:
-        return json.loads(f.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise InputError(
-            f"{f} is missing or unreadable ({e})", "point at a run dir made by `slimline run`"
-        ) from e
+    """The ``run.json`` of a run dir (what the runner recorded), checked to be one
+    ``slimline run`` wrote: ``InputError`` for anything else."""
+    from slimline.runstate import read_run_state
+
+    return read_run_state(run_dir)
+
+
+def check_finished(state: dict[str, Any], run_dir: str | os.PathLike[str]) -> None:
+    """A report describes a finished run only: its final model, artifact and verdicts."""
+    if state.get("status") == "finished" and isinstance(state.get("baseline"), dict):
+        return
+    n = len(state.get("recipe", {}).get("stages") or [])
+    raise InputError(
+        f"{run_dir} is an unfinished run (status {state.get('status')!r}, "
+        f"{len(state.get('stages') or [])} of {n} stages done, no final artifact), so there is "
+        "nothing to report yet",
+        f"finish it first: `slimline run {Path(run_dir) / 'recipe.yaml'} -o {run_dir}` resumes it",
+    )
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -95,6 +115,8 @@ def write_report(run_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
     """Write ``report.html`` and ``MODEL_CARD.md`` into ``run_dir``; return their paths."""
     root = Path(run_dir)
     state = read_run(root)
+    check_finished(state, root)
+    check_output(root, replace=True, what="run dir")  # the report goes beside run.json
     card = model_card(state)
     html = render_html(state, card)
     _atomic_write(root / CARD, card)

@@ -63,12 +63,12 @@ def trade_offs(base: dict[str, Any], final: dict[str, Any]) -> tuple[list[str], 
 def _layers(record: dict[str, Any]) -> list[str]:
     from slimline.report.plots import layer_tables
 
-    return sorted({name for _, named in layer_tables(record) for name in named})
+    return sorted(layer_tables(record))
 
 
 def _summarise_layers(names: list[str]) -> str:
     if not names:
-        return "no per-layer list in the stage record"
+        return "no module inside the blocks changed"
     roles: dict[str, int] = {}
     from slimline.report.plots import _BLOCK
 

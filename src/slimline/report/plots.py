@@ -1,6 +1,7 @@
 """Report plots as base64 PNG (embedded in one self-contained HTML file): quality vs size and
 quality vs latency for the baseline and every stage, with the targets as limit lines, and a
-per-layer heat map (bits or sparsity) for each stage whose record lists layers."""
+per-layer heat map (stored bits or sparsity) for each stage whose typed record
+(``slimline.core.StageRecord``) lists changed modules inside the blocks."""
 
 from __future__ import annotations
 
@@ -13,8 +14,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-
-from slimline.recipe.schema import parse_quality_limit
 
 
 def _png(fig: Any) -> str:
@@ -39,12 +38,13 @@ def _points(state: dict[str, Any], metric: str) -> list[tuple[str, dict[str, Any
 
 
 def _quality_limit(state: dict[str, Any], metric: str) -> float | None:
-    spec = (state["recipe"].get("targets") or {}).get("max_quality_loss", {}).get(metric)
-    base = state["baseline"]["metrics"].get(metric)
-    if spec is None or base is None:
-        return None
-    mode, amount = parse_quality_limit(metric, spec)
-    return base * amount if mode == "ratio" else base + amount
+    """The absolute limit the run's verdict compared ``metric`` with (the runner resolved the
+    ratio or delta against the baseline; the report only reads it)."""
+    for v in state.get("verdicts") or []:
+        if v.get("target", "").startswith("max_quality_loss") and v.get("metric") == metric:
+            lim = v.get("limit")
+            return float(lim) if isinstance(lim, (int, float)) else None
+    return None
 
 
 def _scatter(
@@ -101,56 +101,30 @@ def quality_vs_latency(state: dict[str, Any]) -> str | None:
 
 
 _BLOCK = re.compile(r"^(?P<prefix>.*?)(?P<idx>\d+)\.(?P<role>.+)$")
-_LAYER_KEYS = ("bits", "sparsity", "density", "w_bits", "error", "mse")
 
 
-def layer_tables(record: Any) -> list[tuple[str, dict[str, Any]]]:
-    """Every per-layer table in a stage record, as ``(key, {module_name: value})``: either a
-    mapping keyed by module names, or a list of dicts that carry a ``name`` field."""
-    out: list[tuple[str, dict[str, Any]]] = []
-
-    def walk(node: Any, key: str = "") -> None:
-        if isinstance(node, dict):
-            named = {k: v for k, v in node.items() if isinstance(k, str) and _BLOCK.match(k)}
-            if named and len(named) >= max(1, len(node) // 2):
-                out.append((key, named))
-                return
-            for k, v in node.items():
-                walk(v, str(k))
-        elif isinstance(node, list):
-            rows = {
-                v["name"]: v
-                for v in node
-                if isinstance(v, dict)
-                and isinstance(v.get("name"), str)
-                and _BLOCK.match(v["name"])
-            }
-            if rows:
-                out.append((key, rows))
-                return
-            for v in node:
-                walk(v, key)
-
-    walk(record)
-    return out
+def layer_tables(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The modules a stage changed that sit inside numbered blocks (``model.layers.3.mlp.up_proj``),
+    from the typed record's ``modules``."""
+    mods = record.get("modules") if isinstance(record, dict) else None
+    return {n: c for n, c in (mods or {}).items() if isinstance(c, dict) and _BLOCK.match(n)}
 
 
-def per_layer(record: Any) -> tuple[str, dict[str, float]] | None:
-    """The per-layer quantity worth a heat map: bits or sparsity first, else the layer error."""
-    tables = layer_tables(record)
-    for q in _LAYER_KEYS:
-        for key, named in tables:
-            vals = {
-                k: float(v[q])
-                for k, v in named.items()
-                if isinstance(v, dict) and isinstance(v.get(q), (int, float))
-            }
-            if vals:
-                return q, vals
-            if q in key:
-                vals = {k: float(v) for k, v in named.items() if isinstance(v, (int, float))}
-                if vals:
-                    return q, vals
+def per_layer(record: dict[str, Any]) -> tuple[str, dict[str, float]] | None:
+    """The per-layer quantity worth a heat map: stored bits per weight when a stage changed
+    them, else the share of zeros it left; None when it changed neither (or nothing per layer)."""
+    changed = layer_tables(record)
+    for quantity, key, moved in (
+        ("bits", "bits_after", lambda c: c.get("bits_after") != c.get("bits_before")),
+        ("sparsity", "sparsity_after", lambda c: bool(c.get("sparsity_after"))),
+    ):
+        vals = {
+            n: float(c[key])
+            for n, c in changed.items()
+            if isinstance(c.get(key), (int, float)) and moved(c)
+        }
+        if vals:
+            return quantity, vals
     return None
 
 
@@ -173,11 +147,7 @@ def heatmap(record: Any, title: str) -> str | None:
     for (b, r), v in cells.items():
         grid[blocks.index(b), roles.index(r)] = v
     fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(roles), 1.2 + 0.28 * len(blocks)))
-    from matplotlib.colors import LogNorm
-
-    positive = bool(np.nanmin(grid) > 0) and quantity in ("error", "mse")
-    norm = LogNorm() if positive and np.nanmax(grid) / np.nanmin(grid) > 100 else None
-    im = ax.imshow(grid, aspect="auto", cmap="viridis", norm=norm)
+    im = ax.imshow(grid, aspect="auto", cmap="viridis")
     ax.set_xticks(
         range(len(roles)), [r.split(".")[-1] for r in roles], rotation=45, ha="right", fontsize=8
     )

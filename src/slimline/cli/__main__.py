@@ -1,0 +1,5 @@
+"""`python -m slimline.cli` (e.g. under `accelerate launch -m slimline.cli distill ...`)."""
+
+from slimline.cli import main
+
+main()

@@ -1,0 +1,269 @@
+"""Open a model directory of safetensors without reading its weights: the skeleton on the meta
+device, each part read from disk only when asked for, and given back afterwards.
+
+This is what lets a model larger than memory be compressed (``slimline.calib.stream``): the
+calibration engine materialises one block, the method compresses it, the block is written out
+and released. Every check ``load_model`` makes still runs, at open time when it needs no
+weights (the shard files exist, every tensor the config builds is there with its shape and a
+dtype we read, nothing unexpected, no model code) and on each part as it is read (finite
+values). Weights are read as float32, exactly as ``load_model`` returns them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from slimline.errors import ModelLoadError
+from slimline.models.arch import Arch, get_arch
+from slimline.models.checks import check_finite, check_load_report, check_remote_code
+
+INDEX = "model.safetensors.index.json"
+SINGLE = "model.safetensors"
+DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+@dataclass
+class LazyModel:
+    """A model whose weights stay on disk until ``materialize`` reads them."""
+
+    model: nn.Module  # on the meta device, except buffers computed at construction (rotary)
+    tokenizer: Any
+    arch: Arch
+    kind: str
+    path: Path
+    where: dict[str, Path]  # stored tensor name -> shard file
+    aliases: dict[str, list[str]]  # every state-dict name -> all names sharing its tensor
+    bytes_on_disk: int = 0
+    _held: dict[str, list[tuple[nn.Module, str, bool]]] = field(default_factory=dict)
+
+    def names_under(self, prefixes: Iterable[str]) -> list[str]:
+        """State-dict names (persistent tensors) under any of ``prefixes`` (``""`` = the root)."""
+        pre = tuple(p + "." if p else "" for p in prefixes)
+        return [k for k in self.aliases if k.startswith(pre)]
+
+    def materialize(self, key: str, names: list[str]) -> None:
+        """Read tensors ``names`` (and every name tied to them) from disk into the skeleton,
+        as float32; remember them under ``key`` for ``release``. Refuses NaN/Inf weights."""
+        from safetensors import safe_open
+
+        want: dict[str, list[str]] = defaultdict(list)  # shard -> stored names
+        groups: dict[str, list[str]] = {}
+        for n in names:
+            group = self.aliases[n]
+            stored = next((a for a in group if a in self.where), None)
+            if stored is None or stored in groups:
+                continue
+            groups[stored] = group
+            want[str(self.where[stored])].append(stored)
+        held = self._held.setdefault(key, [])
+        holder = nn.Module()
+        for shard, stored_names in want.items():
+            with safe_open(shard, framework="pt") as f:  # closed (unmapped) after each part
+                for s in stored_names:
+                    t = f.get_tensor(s)
+                    if t.is_floating_point():
+                        t = t.to(torch.float32)
+                    first = self.model.get_submodule(groups[s][0].rpartition(".")[0])
+                    cur = getattr(first, groups[s][0].rpartition(".")[2])
+                    is_param = isinstance(cur, nn.Parameter)
+                    grad = is_param and cur.requires_grad and t.is_floating_point()
+                    value: torch.Tensor = nn.Parameter(t, requires_grad=grad) if is_param else t
+                    for name in groups[s]:
+                        mod_name, _, attr = name.rpartition(".")
+                        mod = self.model.get_submodule(mod_name) if mod_name else self.model
+                        if is_param:
+                            mod._parameters[attr] = value  # type: ignore[assignment]
+                        else:
+                            mod._buffers[attr] = value
+                        held.append((mod, attr, is_param))
+                    holder.register_buffer(s.replace(".", "/"), value)
+        check_finite(holder, str(self.path))
+
+    def release(self, key: str) -> None:
+        """Give the tensors read under ``key`` back to the meta device (also in modules a method
+        has since replaced: nothing read from disk stays referenced)."""
+        metas: dict[int, torch.Tensor] = {}
+        for mod, attr, is_param in self._held.pop(key, []):
+            store = mod._parameters if is_param else mod._buffers
+            t = store.get(attr)
+            if t is None or t.device.type == "meta":
+                continue
+            if id(t) not in metas:
+                m = torch.empty_like(t, device="meta")
+                metas[id(t)] = nn.Parameter(m, requires_grad=t.requires_grad) if is_param else m
+            store[attr] = metas[id(t)]  # type: ignore[assignment]
+
+
+def _shards(path: Path) -> tuple[dict[str, Path], list[Path]]:
+    """Stored tensor name -> shard file, from the index (sharded) or the single file."""
+    if (path / INDEX).is_file():
+        try:
+            weight_map = json.loads((path / INDEX).read_text())["weight_map"]
+            assert isinstance(weight_map, dict)
+        except (OSError, ValueError, KeyError, TypeError, AssertionError) as e:
+            raise ModelLoadError(
+                f"{path / INDEX} is not a valid safetensors index ({e})",
+                "restore the index file as save_pretrained wrote it",
+            ) from e
+        files = sorted(set(weight_map.values()))
+        missing = [f for f in files if not (path / f).is_file()]
+        if missing:
+            n = sum(1 for v in weight_map.values() if v in missing)
+            raise ModelLoadError(
+                f"{path} lacks shard {', '.join(missing[:3])} listed in {INDEX} ({n} tensors)",
+                "restore the missing shard file(s) from where the model came from",
+            )
+        return {k: path / v for k, v in weight_map.items()}, [path / f for f in files]
+    if (path / SINGLE).is_file():
+        return {}, [path / SINGLE]
+    raise ModelLoadError(
+        f"{path} holds no safetensors weights ({SINGLE} or {INDEX}); streaming reads only those",
+        "save the model with save_pretrained(DIR, safe_serialization=True), or drop --stream",
+    )
+
+
+def _scan(path: Path) -> tuple[dict[str, Path], dict[str, tuple[str, list[int]]], int]:
+    """Every stored tensor's shard, dtype and shape, from the headers alone."""
+    from safetensors import safe_open
+
+    mapped, files = _shards(path)
+    where: dict[str, Path] = {}
+    info: dict[str, tuple[str, list[int]]] = {}
+    for f in files:
+        try:
+            with safe_open(str(f), framework="pt") as h:
+                for k in h.keys():  # noqa: SIM118 - safe_open is not a dict
+                    sl = h.get_slice(k)
+                    where[k] = f
+                    info[k] = (sl.get_dtype(), list(sl.get_shape()))
+        except Exception as e:  # safetensors raises its own error types for a corrupt header
+            raise ModelLoadError(
+                f"{f} is not a readable safetensors file ({e})",
+                "restore the file from where the model came from",
+            ) from e
+    lost = sorted(k for k, f in mapped.items() if where.get(k) != f)
+    if lost:
+        raise ModelLoadError(
+            f"{path}: tensors {lost[:3]} are listed in {INDEX} but not in their shard",
+            "restore the shards and the index of the same save",
+        )
+    odd = sorted(k for k, (d, _) in info.items() if d not in DTYPES)
+    if odd:
+        raise ModelLoadError(
+            f"{path}: tensor {odd[0]} is {info[odd[0]][0]} ({len(odd)} such); streamed "
+            f"compression reads {', '.join(DTYPES)} weights",
+            "save the model in float32, float16 or bfloat16 (model.to(torch.bfloat16)"
+            ".save_pretrained(DIR)), or compress it without --stream",
+        )
+    return where, info, sum(f.stat().st_size for f in files)
+
+
+def open_lazy(path: str | Path, *, trust_remote_code: bool = False) -> LazyModel:
+    """Open the Hugging Face directory ``path`` (safetensors, sharded or not) lazily."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    from slimline.artifact.io import _no_init
+    from slimline.models.load import (
+        TOKENIZER_FILES,
+        _check_no_pickle,
+        _is_encoder_config,
+        _refuse_unfinished_or_unsigned,
+        _wrap_load_error,
+    )
+
+    root = Path(path)
+    if not (root / "config.json").is_file():
+        raise ModelLoadError(
+            f"{root} is not a Hugging Face model directory (no config.json)",
+            "stream a directory written by save_pretrained (config.json + safetensors)",
+        )
+    _refuse_unfinished_or_unsigned(root)
+    from slimline.artifact.spec import is_artifact
+
+    if is_artifact(root):
+        raise ModelLoadError(
+            f"{root} is a slimline artifact (already compressed); --stream reads Hugging Face "
+            "directories of plain weights",
+            "stream the model it was made from, or compress the artifact without --stream",
+        )
+    try:
+        cfg = json.loads((root / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ModelLoadError(
+            f"{root}/config.json is not a readable JSON config ({e})",
+            "point at a Hugging Face model directory",
+        ) from e
+    _check_no_pickle(root, allow_unsafe_pickle=False)
+    check_remote_code(root, cfg, trust_remote_code)
+    if not any((root / f).is_file() for f in TOKENIZER_FILES):
+        raise ModelLoadError(
+            f"{root} has no tokenizer (none of {', '.join(TOKENIZER_FILES[:4])}, ...)",
+            "save the tokenizer beside the weights: tokenizer.save_pretrained(DIR)",
+        )
+    where, info, size = _scan(root)
+    encoder = _is_encoder_config(cfg)
+    cls = AutoModel if encoder else AutoModelForCausalLM
+    try:
+        config = AutoConfig.from_pretrained(str(root), local_files_only=True)
+        with init_empty_weights(include_buffers=False), _no_init():
+            model = cls.from_config(config, dtype=torch.float32)
+        model.tie_weights()  # skipped under no_init_weights; from_pretrained ties too
+        tokenizer = AutoTokenizer.from_pretrained(str(root), local_files_only=True)
+    except Exception as e:  # transformers and tokenizers raise many types
+        raise _wrap_load_error(str(root), e) from e
+    model.eval()
+
+    by_id: dict[int, list[str]] = defaultdict(list)
+    for n, t in [
+        *model.named_parameters(remove_duplicate=False),
+        *model.named_buffers(remove_duplicate=False),
+    ]:
+        by_id[id(t)].append(n)
+    persistent = list(model.state_dict())
+    aliases = {n: g for g in by_id.values() for n in g if n in persistent}
+    aliases = {n: [a for a in persistent if a in aliases[n]] for n in persistent if n in aliases}
+    expected = {n: tuple(model.state_dict()[n].shape) for n in persistent}
+    present = {n for n in persistent if any(a in where for a in aliases.get(n, [n]))}
+    ignore = [*(getattr(model, "_keys_to_ignore_on_load_unexpected", None) or [])]
+    unexpected = [
+        k for k in where if k not in expected and not any(re.search(p, k) for p in ignore)
+    ]
+    check_load_report(
+        str(root),
+        {
+            "missing_keys": sorted(set(expected) - present),
+            "unexpected_keys": unexpected,
+            "mismatched_keys": [
+                k for k, (_, s) in info.items() if k in expected and tuple(s) != expected[k]
+            ],
+        },
+        model,
+    )
+    lazy = LazyModel(model, tokenizer, None, "", root, where, aliases, size)  # type: ignore[arg-type]
+    # Layout discovery runs the model up to block 0 and checks it by its outputs, so it needs
+    # real weights there: everything but blocks 1.. is read for it, then given back.
+    # The head is not read for it (an untied head of a large vocabulary is hundreds of MB).
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    skip = [n for n, m in model.named_modules() if head is not None and m is head]
+    probe = [
+        k
+        for k in aliases
+        if not re.search(r"\.[1-9]\d*\.", k) and not any(k.startswith(p + ".") for p in skip)
+    ]
+    lazy.materialize("probe", probe)
+    try:
+        lazy.arch = get_arch(model)
+    finally:
+        lazy.release("probe")
+    lazy.kind = "encoder" if encoder else lazy.arch.kind
+    return lazy

@@ -1,0 +1,18 @@
+"""What the CLI prints besides results: our warnings as one ``warning:`` line each, and no
+library deprecation notices (transformers warns about its own internals on every forward)."""
+
+from __future__ import annotations
+
+import slimline.data.blocks as ours
+from slimline.cli import _show_warning
+
+
+def test_our_warnings_are_one_line_and_library_notices_are_dropped(capsys, monkeypatch):
+    monkeypatch.delenv("SLIMLINE_DEBUG", raising=False)
+    _show_warning("calibration reuses each token 3.1 times", UserWarning, ours.__file__, 10)
+    _show_warning("`past_key_values` is deprecated", FutureWarning, "/x/transformers/m.py", 5)
+    err = capsys.readouterr().err
+    assert err == "warning: calibration reuses each token 3.1 times\n"
+    monkeypatch.setenv("SLIMLINE_DEBUG", "1")
+    _show_warning("`past_key_values` is deprecated", FutureWarning, "/x/transformers/m.py", 5)
+    assert "past_key_values" in capsys.readouterr().err
