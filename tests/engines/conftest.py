@@ -24,3 +24,15 @@ def llama_cpp():
     import llama_cpp
 
     return llama_cpp
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny models: on 2 shared cores, intra-op threads cost more than they bring (a GPTQ of
+    a 256-wide tiny llama measured 44 s with 2 threads under load, 0.6 s with 1)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -138,11 +138,10 @@ def test_technique_applies_grid_weights_and_kl_metric(smollm2_2blocks, calib, tm
         distinct = 1 + (group.diff(dim=1) != 0).sum(1)
         assert int(distinct.max()) <= 2**b, name
         assert not torch.equal(w, smollm2_2blocks.model.get_submodule(name).weight), name
-    # the end-to-end KL metric (one forward per layer and width) on a tiny model
-    from slimline.models import tiny_model
-
-    tiny = tiny_model("llama")
-    ids = torch.randint(0, 1000, (2, 16), generator=torch.Generator().manual_seed(0))
-    kl = layer_sensitivity(tiny.model, ids, (8, 2), group_size=32, metric="kl")
+    # the end-to-end KL metric (one forward per layer and width), on real weights: a tiny random
+    # model's near-uniform outputs give KLs of ~1e-7 at every width, i.e. float round-off
+    ids = calib[:2, :32]
+    kl = layer_sensitivity(smollm2_2blocks.model, ids, (8, 2), group_size=32, metric="kl")
+    assert len(kl.errors) == 14  # 7 linears in each of the 2 blocks; lm_head ignored
     for name, e in kl.errors.items():
-        assert e[2] > e[8] >= 0, (name, e)
+        assert e[2] > 10 * e[8] >= 0, (name, e)

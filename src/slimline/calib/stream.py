@@ -13,6 +13,7 @@ weights file is byte-identical to the one the in-memory path writes.
 
 from __future__ import annotations
 
+import ctypes
 import re
 import resource
 import threading
@@ -69,6 +70,23 @@ class PeakRss:
     @property
     def peak_mb(self) -> float:
         return round(self.peak / 2**20, 1)
+
+
+def _trim_heap() -> None:
+    """Give the freed block back to the OS (glibc keeps freed heap pages otherwise, and RSS
+    would creep up block by block although nothing is referenced); a no-op elsewhere."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+_LIBC: Any = None
 
 
 def _under(name: str, prefixes: list[str]) -> bool:
@@ -155,6 +173,7 @@ class BlockSource:
         for p in prefixes:  # what the method put there (packed codes, masks) is written: free it
             if p:
                 model.get_submodule(p).to("meta")
+        _trim_heap()
         if self.peak is not None:
             self.peak.sample()
 

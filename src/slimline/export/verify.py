@@ -28,13 +28,14 @@ class Tolerance:
     """Largest disagreement accepted between llama.cpp and torch on the same weights.
 
     Measured on SmolLM2-135M (4 python-docs windows of 128): an f32 file KL 8e-7, top-1 1.0;
-    Q8_0 and Q4_0 files KL 3.4e-3 / 3.5e-3, top-1 0.977 — llama.cpp rounds activations to 8 bits
-    per block of 32 in its quantized dot products. A wrong conversion (q/k rows not permuted
-    to llama.cpp's rotary layout) gives KL ~11 and top-1 ~0.2 on a tiny llama.
+    Q8_0 and Q4_0 files KL 3.4e-3 / 3.5e-3, top-1 0.977; GPTQ on the Q4_0 grid, 2 windows of
+    64: KL 4.4e-3, top-1 0.930 — llama.cpp rounds activations to 8 bits per block of 32 in its
+    quantized dot products. A wrong conversion (q/k rows not permuted to llama.cpp's rotary
+    layout) gives KL ~11 and top-1 ~0.2 on a tiny llama.
     """
 
     kl: float = 0.02  # mean KL(torch || engine) per token, nats
-    top1: float = 0.9  # share of positions with the same argmax
+    top1: float = 0.8  # share of positions with the same argmax (128 positions: 1 flip = 0.8%)
 
 
 def compare_logits(ref: torch.Tensor, got: torch.Tensor) -> dict[str, Any]:
