@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -71,3 +74,17 @@ def calib_small(smollm2):
     from slimline.data import calibration_blocks
 
     return calibration_blocks(smollm2.tokenizer, "python-docs", n=8, seq_len=64, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_bpe():
+    """tests/export/tiny_bpe.py, the helper module: tiny llama-family models with a 400-token BPE
+    (``small_vocab_model(family, seed, spread)``, ``bpe_tokenizer()``), for GGUF and engine tests."""
+    name = "slimline_tests_tiny_bpe"
+    if name not in sys.modules:
+        path = Path(__file__).parent / "export" / "tiny_bpe.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[name]

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from slimline.core import Codec, register_codec
+from tiny_hf import tiny_causal_lm
 
 
 @register_codec
@@ -51,10 +52,8 @@ class Int8RowLinear(nn.Module, Codec):
 
 
 def tiny_llama(seed: int = 0, tie: bool = True) -> nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
+    return tiny_causal_lm(
+        seed=seed,
         vocab_size=256,
         hidden_size=64,
         intermediate_size=128,
@@ -64,4 +63,3 @@ def tiny_llama(seed: int = 0, tie: bool = True) -> nn.Module:
         max_position_embeddings=128,
         tie_word_embeddings=tie,
     )
-    return LlamaForCausalLM(cfg).eval()

@@ -4,27 +4,18 @@ lead's loader calls load_artifact), with the tokenizer class that saved it."""
 from __future__ import annotations
 
 import torch
-from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+from transformers import AutoTokenizer, Qwen2ForCausalLM
 
 from slimline.artifact import read_manifest, save_artifact
 from slimline.models import bundled_path, load_model
+from tiny_hf import tiny_causal_lm
 
 
 def test_qwen2_config_with_smollm2_tokenizer_round_trips_through_load_model(tmp_path):
     # A Qwen2 config beside SmolLM2's tokenizer: AutoTokenizer alone would pick Qwen2Tokenizer
     # from config.json and split "\n    " into 2 tokens (198, 333) instead of 1 (472).
     tok = AutoTokenizer.from_pretrained(str(bundled_path("smollm2-135m")), local_files_only=True)
-    torch.manual_seed(3)
-    cfg = Qwen2Config(
-        vocab_size=2048,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        tie_word_embeddings=False,
-    )
-    model = Qwen2ForCausalLM(cfg).eval()
+    model = tiny_causal_lm(Qwen2ForCausalLM, seed=3, vocab_size=2048, tie_word_embeddings=False)
     info = save_artifact(model, tok, tmp_path / "q", manifest={"recipe": {"model": "tiny-qwen2"}})
     m = read_manifest(info.path)
     assert (

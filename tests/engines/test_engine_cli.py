@@ -102,6 +102,9 @@ def test_export_of_an_unsupported_family_exits_with_one_line(tmp_path, monkeypat
     assert e.value.code == 2
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     lines = lines[next(i for i, ln in enumerate(lines) if ln.startswith("error:")) :]  # no bars
-    assert lines[0].startswith("error: GGUF export supports llama, mistral, qwen2 models, not gpt2")
+    assert lines[0].startswith(
+        "error: GGUF export supports llama, mistral, qwen2, qwen3, phi3, gemma3_text models, "
+        "not gpt2"
+    )
     assert lines[1].strip().startswith("fix:") and len(lines) == 2
     assert sorted(x.name for x in tmp_path.iterdir()) == ["gpt2"]

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tiny_hf import tiny_causal_lm
+
 torch.set_num_threads(1)
 
 
@@ -102,21 +104,10 @@ def author(tmp_path_factory):
 @pytest.fixture(scope="session")
 def artifacts(tmp_path_factory, author):
     """Two small signed artifacts (same weights, different manifests: different digests)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from slimline.artifact import save_artifact
 
     root = tmp_path_factory.mktemp("hostile-artifacts")
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=128,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-    )
-    model = LlamaForCausalLM(cfg).eval()
+    model = tiny_causal_lm(seed=0)
     return [
         save_artifact(
             model, None, root / f"a{i}", key=author[0], manifest={"metrics": {"size/bytes": i}}

@@ -6,29 +6,20 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tiny_hf import tiny_causal_lm
+
 torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
 def lineage_artifacts(tmp_path_factory):
     """base -> child -> grandchild (same tiny weights, different manifests, so distinct digests)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from slimline.artifact import save_artifact, signing_key
     from slimline.artifact.keys import public_key_b64
 
     root = tmp_path_factory.mktemp("artifacts")
     key = signing_key(root / "author-home")
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=128,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-    )
-    model = LlamaForCausalLM(cfg).eval()
+    model = tiny_causal_lm(seed=0)
     base = save_artifact(
         model,
         None,

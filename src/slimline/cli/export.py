@@ -34,8 +34,9 @@ def register(app: typer.Typer) -> None:
         threads: int = typer.Option(2, "--threads", help="llama.cpp threads for the check"),
         json_out: bool = typer.Option(False, "--json", help="print the export record as JSON"),
     ) -> None:
-        """Export a llama/mistral/qwen2 model (compressed layers included) to GGUF for llama.cpp;
-        writes FILE and FILE.json (tensor types, errors, verification in llama.cpp)."""
+        """Export a llama/mistral/qwen2/qwen3/phi3/gemma3 model (compressed layers included) to
+        GGUF for llama.cpp; writes FILE and FILE.json (tensor types, errors, verification in
+        llama.cpp)."""
         from slimline.errors import ConfigError
         from slimline.export import export_gguf
         from slimline.models import load_model

@@ -10,9 +10,6 @@ the planted failures in ``tests/eval/test_planted.py`` trips its own.
 from __future__ import annotations
 
 import fnmatch
-import math
-import operator
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -29,64 +26,15 @@ from slimline.eval.longctx import LongContext
 from slimline.eval.noise import Noise
 from slimline.eval.tail import DomainShift, Tail
 from slimline.eval.tasks import TaskConfig, TaskContext, make_task, run_task
+from slimline.gates import Gate as BaseGate
 from slimline.metrics import direction
 from slimline.progress import track
 
-_OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt}
-_NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
-_GATE = re.compile(
-    rf"^\s*(?P<metric>[^\s<>=]+)\s*(?P<op><=|>=|<|>)\s*(?:"
-    rf"(?P<factor>{_NUM})\s*[x*]\s*reference"
-    rf"|reference\s*(?:(?P<sign>[-+])\s*(?P<offset>{_NUM}))?"
-    rf"|(?P<absolute>{_NUM}))\s*$"
-)
 
+class Gate(BaseGate):
+    """A suite gate: a relative limit is against the ``reference`` model's value."""
 
-@dataclass(frozen=True)
-class Gate:
-    """``metric op limit``; limit = ``absolute``, or ``factor`` x reference + ``offset``."""
-
-    metric: str
-    op: str
-    absolute: float | None = None
-    factor: float = 1.0
-    offset: float = 0.0
-
-    @classmethod
-    def parse(cls, spec: str | Gate) -> Gate:
-        if isinstance(spec, Gate):
-            return spec
-        m = _GATE.match(str(spec))
-        if not m:
-            raise ConfigError(
-                f"cannot read gate {spec!r}",
-                "write `<metric> <op> <number>`, `<metric> <op> <factor> x reference` or "
-                "`<metric> <op> reference +/- <number>` (op one of <=, >=, <, >)",
-            )
-        d = m.groupdict()
-        if d["absolute"] is not None:
-            return cls(d["metric"], d["op"], absolute=float(d["absolute"]))
-        if d["factor"] is not None:
-            return cls(d["metric"], d["op"], factor=float(d["factor"]))
-        off = float(d["offset"] or 0.0) * (-1 if d["sign"] == "-" else 1)
-        return cls(d["metric"], d["op"], offset=off)
-
-    @property
-    def relative(self) -> bool:
-        return self.absolute is None
-
-    def __str__(self) -> str:
-        if self.absolute is not None:
-            return f"{self.metric} {self.op} {self.absolute:g}"
-        if self.factor != 1.0:
-            return f"{self.metric} {self.op} {self.factor:g} x reference"
-        sign = "-" if self.offset < 0 else "+"
-        return f"{self.metric} {self.op} reference {sign} {abs(self.offset):g}"
-
-    def limit(self, ref_value: float | None) -> float | None:
-        if self.absolute is not None:
-            return self.absolute
-        return None if ref_value is None else self.factor * ref_value + self.offset
+    references = ("reference",)
 
 
 @dataclass(frozen=True)
@@ -233,16 +181,7 @@ def check_gates(
             if g.relative and name not in reference:
                 notes.append(f"gate {g}: no reference value of {name} (pass --reference)")
                 continue
-            limit = g.limit(reference.get(name))
-            ok = (
-                math.isfinite(value)
-                and limit is not None
-                and math.isfinite(limit)
-                and bool(_OPS[g.op](value, limit))
-            )
-            verdicts.append(
-                {"metric": name, "value": value, "limit": limit, "passed": ok, "gate": str(g)}
-            )
+            verdicts.append(g.verdict(name, value, reference.get(name)))
     return verdicts, notes
 
 

@@ -1,4 +1,4 @@
-"""Write a (compressed) llama-family model as a GGUF file that llama.cpp serves — exactly.
+"""Write a (compressed) llama, qwen3, phi3 or gemma3 model as GGUF that llama.cpp serves, exactly.
 
 A layer quantized on a GGUF grid (``grid: gguf-q4_0`` ...) is written as its own integer codes
 and fp16 scales in that block type: no second rounding, and the file dequantizes bit for bit to
@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from slimline.errors import ConfigError, UnsupportedArchitectureError
-from slimline.models.arch import get_arch
+from slimline.models.arch import Arch, get_arch
 
 QTYPES = ("f32", "f16", "q8_0", "q5_0", "q5_1", "q4_0", "q4_1")
 QUANTIZED = ("q8_0", "q5_0", "q5_1", "q4_0", "q4_1")
@@ -43,8 +43,39 @@ K_QUANTS = ("q6_k", "q5_k", "q4_k")  # written from our grids only (no gguf-pack
 FILE_TYPE = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 7, "q5_0": 8, "q5_1": 9}
 FILE_TYPE |= {"q4_k": 15, "q5_k": 17, "q6_k": 18}  # llama_ftype MOSTLY_Q4_K_M, Q5_K_M, Q6_K
 GRID_QTYPE = {f"gguf-{t}": t for t in (*QUANTIZED, *K_QUANTS)}
-# HF model_type -> llama.cpp architecture; qwen2 has q/k/v biases and NeoX rotary (no permute)
-GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}
+# HF model_type -> llama.cpp architecture (as llama.cpp's convert_hf_to_gguf.py names them).
+# Only llama takes q/k rows permuted to its interleaved rotary layout; the others rotate NeoX
+# style (halves), as HF does. qwen2: q/k/v biases; qwen3: + per-head q/k RMSNorms; gemma3:
+# (1 + w) norms stored with the 1 added, post-branch norms, q/k norms, sliding/global layers,
+# embeddings scaled by sqrt(hidden) (implied by the arch); phi3: fused qkv and gate_up.
+GGUF_ARCH = {
+    "llama": "llama",
+    "mistral": "llama",
+    "qwen2": "qwen2",
+    "qwen3": "qwen3",
+    "phi3": "phi3",
+    "gemma3_text": "gemma3",
+}
+# the arch map's family each model type must have been described as (its layout)
+_GGUF_FAMILY = {"llama": "llama", "mistral": "llama", "qwen2": "llama"}
+_GGUF_FAMILY |= {"qwen3": "qwen3", "phi3": "phi3", "gemma3_text": "gemma3_text"}
+# block norms: arch role -> GGUF tensor (gemma3's "ffn_norm" is its pre-feedforward norm)
+_NORMS = {
+    "attn_norm": "attn_norm",
+    "q_norm": "attn_q_norm",
+    "k_norm": "attn_k_norm",
+    "attn_post_norm": "post_attention_norm",
+    "mlp_norm": "ffn_norm",
+    "mlp_post_norm": "post_ffw_norm",
+}
+# the block norms each llama.cpp architecture loads (no more, no fewer)
+_ARCH_NORMS = {
+    "llama": {"attn_norm", "mlp_norm"},
+    "qwen2": {"attn_norm", "mlp_norm"},
+    "qwen3": {"attn_norm", "mlp_norm", "q_norm", "k_norm"},
+    "phi3": {"attn_norm", "mlp_norm"},
+    "gemma3": set(_NORMS),
+}
 BLOCK = 32  # weights per block of the legacy types; K-quants use super-blocks of 256
 QK_K = 256
 
@@ -369,12 +400,8 @@ def _write(
 
     arch = get_arch(model)
     cfg = model.config
-    gguf_arch = GGUF_ARCH.get(getattr(cfg, "model_type", ""))
-    if arch.family != "llama" or gguf_arch is None:
-        raise UnsupportedArchitectureError(
-            f"GGUF export supports {', '.join(GGUF_ARCH)} models, not {arch.model_type}",
-            "export to a Hugging Face directory instead (slimline quantize/prune write one)",
-        )
+    gguf_arch = gguf_arch_for(arch)
+    _check_config(arch, cfg, gguf_arch)
     dense_type = qtype or "f16"
     n_head, n_kv = arch.n_heads(cfg), arch.n_kv_heads(cfg)
     blocks = arch.blocks(model)
@@ -382,22 +409,17 @@ def _write(
     w = gguf.GGUFWriter(path, gguf_arch)
     out = _Writer(w)
     w.add_name(name or getattr(cfg, "name_or_path", "") or "slimline-model")
-    w.add_block_count(len(blocks))
-    w.add_context_length(int(getattr(cfg, "max_position_embeddings", 2048)))
-    w.add_embedding_length(arch.hidden(cfg))
-    w.add_feed_forward_length(arch.intermediate(cfg))
-    w.add_head_count(n_head)
-    w.add_head_count_kv(n_kv)
-    w.add_rope_dimension_count(arch.head_dim(cfg))
-    rope = getattr(cfg, "rope_parameters", None) or {}
-    w.add_rope_freq_base(float(rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))))
-    w.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
+    _hparams(w, arch, cfg, gguf_arch, len(blocks))
     w.add_vocab_size(int(cfg.vocab_size))
     _tokenizer_fields(tokenizer, w, pre)
 
-    roles = {"q": "attn_q", "k": "attn_k", "v": "attn_v", "o": "attn_output"}
-    gate, up = arch.roles["mlp_in"]
-    roles.update({gate: "ffn_gate", up: "ffn_up", "mlp_out": "ffn_down"})
+    if "qkv" in arch.roles:  # phi3: fused qkv rows [q; k; v], fused gate_up rows [gate; up]
+        roles = {"qkv": "attn_qkv", "o": "attn_output"}
+        roles.update({arch.roles["mlp_in"][0]: "ffn_up", "mlp_out": "ffn_down"})
+    else:
+        roles = {"q": "attn_q", "k": "attn_k", "v": "attn_v", "o": "attn_output"}
+        gate, up = arch.roles["mlp_in"]
+        roles.update({gate: "ffn_gate", up: "ffn_up", "mlp_out": "ffn_down"})
     linears: list[tuple[str, str, nn.Module, int | None]] = []  # gguf name, torch name, module
     for i, blk in enumerate(blocks):
         for role, gname in roles.items():
@@ -448,12 +470,16 @@ def _write(
     for p in plan:
         if p[0].startswith("blk."):
             by_block.setdefault(int(p[0].split(".")[1]), []).append(p)
+    shift = arch.norm_offset  # HF's x * (1 + w): llama.cpp multiplies by the stored w + 1
     for i, blk in enumerate(blocks):
-        out.plain(f"blk.{i}.attn_norm.weight", _vec(blk.get_submodule(arch.roles["attn_norm"])))
-        out.plain(f"blk.{i}.ffn_norm.weight", _vec(blk.get_submodule(arch.roles["mlp_norm"])))
+        for role, gname in _NORMS.items():
+            if role in arch.roles:
+                vec = _vec(blk.get_submodule(arch.roles[role])) + np.float32(shift)
+                out.plain(f"blk.{i}.{gname}.weight", vec)
         for p in by_block.get(i, []):
             _linear(out, differ, *p)
-    out.plain("output_norm.weight", _vec(model.get_submodule(arch.final_norm)))
+    final = _vec(model.get_submodule(arch.final_norm)) + np.float32(shift)
+    out.plain("output_norm.weight", final)
     for p in plan:
         if p[0] == "output":
             _linear(out, differ, *p)
@@ -480,6 +506,124 @@ def _write(
 
 def _vec(module: nn.Module) -> np.ndarray:
     return module.weight.detach().float().numpy()
+
+
+def gguf_arch_for(arch: Arch) -> str:
+    """The llama.cpp architecture a model of this layout is written as; the exporter's family
+    condition (``slimline.models.families`` asks it too). Raises for anything else."""
+    gguf_arch = GGUF_ARCH.get(arch.model_type)
+    if gguf_arch is None or arch.family != _GGUF_FAMILY[arch.model_type]:
+        raise UnsupportedArchitectureError(
+            f"GGUF export supports {', '.join(GGUF_ARCH)} models, not {arch.model_type}",
+            "export to a Hugging Face directory instead (slimline quantize/prune write one)",
+        )
+    norms = {r for r in _NORMS if r in arch.roles}
+    if norms != _ARCH_NORMS[gguf_arch] or ("qkv" in arch.roles) != (gguf_arch == "phi3"):
+        raise UnsupportedArchitectureError(
+            f"this {arch.model_type} model's layout (norms {sorted(norms)}, "
+            f"{'fused' if 'qkv' in arch.roles else 'separate'} q/k/v) is not the one llama.cpp's "
+            f"{gguf_arch} architecture loads",
+            "export to a Hugging Face directory instead",
+        )
+    return gguf_arch
+
+
+def _rope(cfg: Any, layer_type: str | None = None) -> dict[str, Any]:
+    """HF rope parameters (transformers 5 ``rope_parameters``, per layer type for Gemma 3)."""
+    rope = getattr(cfg, "rope_parameters", None) or {}
+    if layer_type is not None and isinstance(rope.get(layer_type), dict):
+        rope = rope[layer_type]
+    if "rope_theta" not in rope and getattr(cfg, "rope_theta", None) is not None:
+        rope = {**rope, "rope_theta": cfg.rope_theta}
+    scaling = getattr(cfg, "rope_scaling", None)
+    if scaling and "rope_type" not in rope:
+        rope = {**rope, **scaling}
+    return rope
+
+
+def _check_config(arch: Arch, cfg: Any, gguf_arch: str) -> None:
+    """Refuse config switches that llama.cpp's architecture would silently not reproduce."""
+
+    def refuse(what: str) -> None:
+        raise UnsupportedArchitectureError(
+            f"GGUF export of {arch.model_type}: {what}",
+            "export to a Hugging Face directory instead, or serve the model with torch",
+        )
+
+    if gguf_arch in ("llama", "qwen2"):  # written as before: plain rotary from rope_theta
+        return
+    types = [None] if gguf_arch != "gemma3" else ["full_attention", "sliding_attention"]
+    for lt in types:
+        rope = _rope(cfg, lt)
+        if rope.get("rope_type", "default") != "default":
+            refuse(
+                f"rope scaling {rope.get('rope_type')!r} is not written (only plain rotary "
+                "embeddings are)"
+            )
+        if float(rope.get("partial_rotary_factor", 1.0)) != 1.0 and gguf_arch != "phi3":
+            refuse("partial rotary embeddings are not written for this architecture")
+    if gguf_arch == "gemma3":
+        # attn_logit_softcapping is not written: llama.cpp's gemma3 has none, and HF's Gemma 3
+        # attention never passes it on either (a Gemma 2 leftover; the checkpoints set None)
+        hd, n_layer = arch.head_dim(cfg), arch.n_blocks(cfg)
+        # llama.cpp scales queries by 1/sqrt(head_dim), by 1/sqrt(hidden/heads) at 62 layers (27B)
+        want = arch.hidden(cfg) // arch.n_heads(cfg) if n_layer == 62 else hd
+        if float(getattr(cfg, "query_pre_attn_scalar", None) or hd) != float(want):
+            refuse(
+                f"query_pre_attn_scalar {cfg.query_pre_attn_scalar} differs from the {want} "
+                "llama.cpp's gemma3 implies for this size"
+            )
+        act = getattr(cfg, "hidden_activation", None) or getattr(cfg, "hidden_act", None)
+        if act != "gelu_pytorch_tanh":
+            refuse(f"activation {act!r}; llama.cpp's gemma3 runs tanh-approximated GELU")
+    elif gguf_arch in ("qwen3", "phi3"):
+        heads_width = arch.n_heads(cfg) * arch.head_dim(cfg)
+        if gguf_arch == "phi3" and heads_width != arch.hidden(cfg):
+            # llama.cpp's phi3 cuts the fused qkv rows at multiples of the hidden width
+            refuse(f"query width {heads_width} differs from the hidden width {arch.hidden(cfg)}")
+        act = getattr(cfg, "hidden_act", "silu")
+        if act != "silu":
+            refuse(f"activation {act!r}; llama.cpp's {gguf_arch} runs SiLU (SwiGLU)")
+    if gguf_arch in ("qwen3", "phi3", "gemma3") and arch.notes.get("bias"):
+        refuse(f"biases on {'/'.join(arch.notes['bias'])}; llama.cpp's {gguf_arch} loads none")
+
+
+def _hparams(w: Any, arch: Arch, cfg: Any, gguf_arch: str, n_blocks: int) -> None:
+    """The architecture's metadata keys, as convert_hf_to_gguf.py writes them."""
+    hd = arch.head_dim(cfg)
+    w.add_block_count(n_blocks)
+    w.add_context_length(int(getattr(cfg, "max_position_embeddings", 2048)))
+    w.add_embedding_length(arch.hidden(cfg))
+    w.add_feed_forward_length(arch.intermediate(cfg))
+    w.add_head_count(arch.n_heads(cfg))
+    w.add_head_count_kv(arch.n_kv_heads(cfg))
+    w.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
+    if gguf_arch == "gemma3":
+        w.add_key_length(hd)
+        w.add_value_length(hd)
+        w.add_rope_freq_base(float(_rope(cfg, "full_attention").get("rope_theta", 1e6)))
+        windows = [arch.sliding_window(cfg, i) for i in range(n_blocks)]
+        if any(windows):
+            w.add_sliding_window(int(next(x for x in windows if x)))
+            w.add_sliding_window_pattern([x is not None for x in windows])
+            local = _rope(cfg, "sliding_attention").get("rope_theta", 10000.0)
+            w.add_rope_freq_base_swa(float(local))
+        cap = getattr(cfg, "final_logit_softcapping", None)
+        if cap:
+            w.add_final_logit_softcapping(float(cap))
+        return
+    rope = _rope(cfg)
+    w.add_rope_freq_base(float(rope.get("rope_theta", 10000.0)))
+    if gguf_arch == "phi3":
+        w.add_rope_dimension_count(int(hd * float(rope.get("partial_rotary_factor", 1.0))))
+        window = getattr(cfg, "sliding_window", None)
+        if window:
+            w.add_sliding_window(int(window))
+        return
+    w.add_rope_dimension_count(hd)
+    if gguf_arch == "qwen3" or hd != arch.hidden(cfg) // arch.n_heads(cfg):
+        w.add_key_length(hd)
+        w.add_value_length(hd)
 
 
 def _linear(
@@ -548,7 +692,8 @@ def export_gguf(
     threads: int = 2,
     tolerance: Any = None,
 ) -> GgufExport:
-    """Write ``model`` (llama, mistral, qwen2) to ``out_path`` as GGUF plus ``<out>.json``.
+    """Write ``model`` (llama, mistral, qwen2, qwen3, phi3, gemma3_text) to ``out_path`` as
+    GGUF plus ``<out>.json``.
 
     ``qtype``: type of dense weights (default f16), and of quantized layers whose grid cannot map
     (default: the nearest block type). ``verify``: load the file in llama.cpp and compare its

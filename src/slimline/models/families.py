@@ -114,16 +114,10 @@ def _distill(arch: Arch, model: nn.Module) -> str:
 
 
 def _gguf(arch: Arch, model: nn.Module) -> str:
-    from slimline.errors import UnsupportedArchitectureError
-    from slimline.export.gguf_export import GGUF_ARCH
+    from slimline.export.gguf_export import gguf_arch_for
 
-    # the exporter's own condition (slimline.export.gguf_export._write)
-    if arch.family != "llama" or arch.model_type not in GGUF_ARCH:
-        raise UnsupportedArchitectureError(
-            f"GGUF export supports {', '.join(GGUF_ARCH)} models, not {arch.model_type}",
-            "export to a Hugging Face directory instead",
-        )
-    return f"llama.cpp arch {GGUF_ARCH[arch.model_type]}"
+    # the exporter's own family condition (slimline.export.gguf_export._write calls it too)
+    return f"llama.cpp arch {gguf_arch_for(arch)}"
 
 
 def _calib(arch: Arch, model: nn.Module) -> str:

@@ -84,22 +84,18 @@ def _engine_costs(models: list[Any], cfg: Latency, paired: bool = False) -> list
     for r in res:
         m = dict(r["metrics"])
         size = m.pop("size/bytes", 0.0)  # the runner sets size/bytes from the checkpoint
-        growth = max(0.0, m.get("memory/peak_mb", 0.0) - m.get("memory/start_mb", 0.0))
+        growth = _growth(m)
         m["memory/model_mb"] = size / 1e6
         m["memory/peak_mb"] = size / 1e6 + growth
         env = r["env"]
-        m["latency/setup"] = {
-            "engine": cfg.engine,
-            "engine_name": env["engine"],
-            "engine_version": env["version"],
-            "threads": cfg.threads,
-            "prefill_tokens": cfg.prefill_tokens,
-            "prompt_tokens": cfg.prompt_tokens,
-            "decode_tokens": cfg.decode_tokens,
-            "repeats": cfg.repeats,
-            "paired_with_baseline": paired,
-            "cpu": (env.get("machine") or {}).get("cpu"),
-        }
+        m["latency/setup"] = _setup(
+            cfg,
+            env,
+            paired,
+            engine=cfg.engine,
+            engine_name=env["engine"],
+            engine_version=env["version"],
+        )
         out.append(m)
     return out
 
@@ -117,18 +113,27 @@ def _cost_metrics(p: Any, cfg: Latency, paired: bool = False) -> dict[str, Any]:
     m = dict(p.metrics)
     m.pop("size/bytes", None)  # in-memory bytes; the runner sets size/bytes from disk
     m.pop("size/disk_bytes", None)
-    growth = max(0.0, m.get("memory/peak_mb", 0.0) - m.get("memory/start_mb", 0.0))
+    growth = _growth(m)
     if "memory/model_mb" in m:
         m["memory/peak_mb"] = m["memory/model_mb"] + growth
-    m["latency/setup"] = {
-        "engine": "torch",
-        "engine_name": p.env.get("engine"),
+    m["latency/setup"] = _setup(cfg, p.env, paired, engine="torch", engine_name=p.env.get("engine"))
+    return m
+
+
+def _growth(m: dict[str, Any]) -> float:
+    """Resident memory the profile added (MB): peak minus start, never negative."""
+    return max(0.0, m.get("memory/peak_mb", 0.0) - m.get("memory/start_mb", 0.0))
+
+
+def _setup(cfg: Latency, env: dict[str, Any], paired: bool, **engine: Any) -> dict[str, Any]:
+    """``latency/setup``: the ``engine`` fields, then the settings and machine it was timed on."""
+    return {
+        **engine,
         "threads": cfg.threads,
         "prefill_tokens": cfg.prefill_tokens,
         "prompt_tokens": cfg.prompt_tokens,
         "decode_tokens": cfg.decode_tokens,
         "repeats": cfg.repeats,
         "paired_with_baseline": paired,
-        "cpu": (p.env.get("machine") or {}).get("cpu"),
+        "cpu": (env.get("machine") or {}).get("cpu"),
     }
-    return m

@@ -13,92 +13,19 @@ alias now), ``baseline`` (the version holding the ``baseline`` alias, else the l
 
 from __future__ import annotations
 
-import math
-import operator
-import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from slimline.errors import ConfigError
+from slimline.gates import Gate as BaseGate
 
 REFERENCES = ("parent", "current", "baseline")
-_OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt, "==": operator.eq}
-_NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
-_RE = re.compile(
-    rf"^\s*(?P<metric>[^\s<>=]+)\s*(?P<op><=|>=|==|<|>)\s*(?:"
-    rf"(?P<factor>{_NUM})\s*[x*]\s*(?P<ref1>{'|'.join(REFERENCES)})"
-    rf"|(?P<ref2>{'|'.join(REFERENCES)})\s*(?:(?P<sign>[-+])\s*(?P<offset>{_NUM}))?"
-    rf"|(?P<absolute>{_NUM}))\s*$"
-)
 
 
-@dataclass(frozen=True)
-class Gate:
-    """``metric op threshold`` where threshold = absolute, or factor x ref + offset."""
+class Gate(BaseGate):
+    """A promotion gate: a relative limit is against the ``parent``, ``current`` or ``baseline``
+    version's value."""
 
-    metric: str
-    op: str
-    ref: str | None = None
-    factor: float = 1.0
-    offset: float = 0.0
-    absolute: float | None = None
-
-    @classmethod
-    def parse(cls, spec: str | dict[str, Any] | Gate) -> Gate:
-        if isinstance(spec, Gate):
-            return spec
-        if isinstance(spec, dict):
-            try:
-                g = cls(**spec)
-            except TypeError as e:
-                raise ConfigError(
-                    f"bad gate {spec}: {e}", "fields: metric, op, ref, factor, offset, absolute"
-                ) from e
-            if (
-                g.op not in _OPS
-                or (g.ref is None) == (g.absolute is None)
-                or (g.ref and g.ref not in REFERENCES)
-            ):
-                raise ConfigError(
-                    f"bad gate {spec}",
-                    f"op in {list(_OPS)}; either ref in {REFERENCES} or absolute",
-                )
-            return g
-        m = _RE.match(str(spec))
-        if not m:
-            raise ConfigError(
-                f"cannot read gate {spec!r}",
-                "write `<metric> <op> <number>`, `<metric> <op> <factor> x parent|current|baseline` "
-                "or `<metric> <op> parent|current|baseline +/- <number>`",
-            )
-        d = m.groupdict()
-        if d["absolute"] is not None:
-            return cls(d["metric"], d["op"], absolute=float(d["absolute"]))
-        if d["ref1"]:
-            return cls(d["metric"], d["op"], ref=d["ref1"], factor=float(d["factor"]))
-        off = float(d["offset"]) * (-1 if d["sign"] == "-" else 1) if d["offset"] else 0.0
-        return cls(d["metric"], d["op"], ref=d["ref2"], offset=off)
-
-    def __str__(self) -> str:
-        if self.ref is None:
-            return f"{self.metric} {self.op} {self.absolute:g}"
-        rhs = self.ref if self.factor == 1.0 else f"{self.factor:g} x {self.ref}"
-        if self.offset:
-            rhs += f" {'+' if self.offset > 0 else '-'} {abs(self.offset):g}"
-        return f"{self.metric} {self.op} {rhs}"
-
-    def threshold(self, reference_value: float | None) -> float:
-        if self.ref is None:
-            assert self.absolute is not None
-            return self.absolute
-        assert reference_value is not None
-        return reference_value * self.factor + self.offset
-
-    def holds(self, value: float, reference_value: float | None) -> bool:
-        t = self.threshold(reference_value)
-        if math.isnan(value) or math.isnan(t):
-            return False
-        return _OPS[self.op](value, t)
+    references = REFERENCES
 
 
 @dataclass
@@ -220,8 +147,9 @@ def evaluate_gates(
                 )
             )
             continue
-        t = g.threshold(ref_value)
-        ok = g.holds(value, ref_value)
+        t = g.limit(ref_value)
+        assert t is not None  # a relative gate got here with its reference value
+        ok = g.check(value, ref_value, finite=False)
         how = (
             f" ({g.factor:g} x {g.ref} {ref_name} = {ref_value:.6g}{f' {g.offset:+g}' if g.offset else ''})"
             if g.ref
