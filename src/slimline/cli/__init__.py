@@ -8,6 +8,7 @@ with the fix and the error's exit code; no traceback unless ``SLIMLINE_DEBUG=1``
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import pkgutil
 import sys
@@ -70,6 +71,10 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # our own bars say what happens
     os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' per-load "Loading weights" bars
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    # transformers imports torchao (a bench dependency) on every load when it is installed, and
+    # torchao logs its CUDA-only extensions failing to load and pytree deprecations: not ours
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
