@@ -22,16 +22,11 @@ from safetensors.torch import load_file, save_file
 EVAL = ("--windows", "1", "--seq-len", "16", "--suite", "ppl", "--threads", "1")
 
 
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory):
-    """A tiny llama (tied embeddings) saved by transformers, copied by each test."""
-    from slimline.models import tiny_model
-
-    lm = tiny_model("llama")
-    d = tmp_path_factory.mktemp("hostile-load") / "tiny"
-    lm.model.save_pretrained(d)
-    lm.tokenizer.save_pretrained(d)
-    return d
+@pytest.fixture
+def saved(tiny_llama_dir):
+    """The session's tiny llama (tied embeddings) saved by transformers; tests copy it before
+    changing anything."""
+    return tiny_llama_dir
 
 
 @pytest.fixture

@@ -13,15 +13,11 @@ import yaml
 from hostile_util import tree
 
 
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory):
-    from slimline.models import tiny_model
-
-    lm = tiny_model("llama")
-    d = tmp_path_factory.mktemp("hostile-recipe") / "tiny"
-    lm.model.save_pretrained(d)
-    lm.tokenizer.save_pretrained(d)
-    return d
+@pytest.fixture
+def saved(tiny_llama_dir):
+    """The session's tiny llama (tied embeddings) saved by transformers; tests copy it before
+    changing anything."""
+    return tiny_llama_dir
 
 
 def recipe(model, **over) -> dict:
