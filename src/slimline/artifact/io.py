@@ -356,23 +356,39 @@ def write_artifact(
     if tokenizer is not None:
         tokenizer.save_pretrained(str(tmp))
     write_weights(tmp / WEIGHTS)
+    return _seal(
+        tmp,
+        out,
+        {
+            **user,
+            "kind": kind,
+            "tokenizer_class": type(tokenizer).__name__ if tokenizer is not None else None,
+            "modules": modules,
+            "tied": tied,
+            "reshaped": reshaped,
+        },
+        parent_digest,
+        signer,
+    )
+
+
+def _seal(
+    tmp: Path, out: Path, fields: dict[str, Any], parent_digest: str | None, signer: Any
+) -> ArtifactInfo:
+    """Hash every file in ``tmp``, write the signed manifest (``fields`` + format, parent,
+    environment, files) and rename ``tmp`` to ``out``: the end of every artifact save."""
     files = {}
     for p in track(_atomic.files_in(tmp), "hash files"):
         rel = p.relative_to(tmp).as_posix()
         files[rel] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
     full = {
-        **user,
+        **fields,
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "kind": kind,
-        "tokenizer_class": type(tokenizer).__name__ if tokenizer is not None else None,
-        "created_at": user.get("created_at")
+        "created_at": fields.get("created_at")
         or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "parent": parent_digest,
-        "environment": environment(user.get("seed")),
-        "modules": modules,
-        "tied": tied,
-        "reshaped": reshaped,
+        "environment": environment(fields.get("seed")),
         "files": files,
     }
     full = json.loads(canonical_bytes(full))  # what is stored is exactly what is signed
@@ -392,6 +408,47 @@ def write_artifact(
         files=sizes,
         manifest=full,
     )
+
+
+EXPORT_KIND = "export/"  # manifest kind of an engine file packed as an artifact: export/gguf
+
+
+def save_export_artifact(
+    files: dict[str, str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    *,
+    fmt: str,
+    manifest: dict[str, Any] | None = None,
+    parent: str | os.PathLike[str] | None = None,
+    key: Any = None,
+    overwrite: bool = False,
+    home: str | os.PathLike[str] | None = None,
+) -> ArtifactInfo:
+    """Pack an engine's files (a GGUF and its export record, an ONNX graph) as a signed artifact
+    of kind ``export/<fmt>`` whose parent is the artifact it was exported from, so the registry
+    keeps it as a child version (lineage, digests, rollback) like any other.
+
+    ``files``: name in the artifact -> source file (copied). Atomic like ``save_artifact``.
+    """
+    user = dict(manifest or {})
+    bad = sorted(RESERVED_KEYS & set(user))
+    if bad:
+        raise ConfigError(f"manifest keys {bad} are written by slimline", "remove them")
+    out = _prepare_out(out_dir, overwrite)
+    parent_digest = _resolve_parent(parent)
+    signer = _keys.load_private_key(key, home)
+    tmp = _atomic.new_temp_dir(out)
+    try:
+        for name, src in files.items():
+            if Path(name).is_absolute() or ".." in Path(name).parts:
+                raise ConfigError(
+                    f"export file name {name!r} leaves the artifact", "use a plain name"
+                )
+            shutil.copyfile(src, tmp / name)
+        return _seal(tmp, out, {**user, "kind": EXPORT_KIND + fmt}, parent_digest, signer)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _model_class(config: Any) -> type:
@@ -471,6 +528,14 @@ def load_artifact(
     )
     report.raise_for_problems()
     manifest = read_manifest(root)
+    kind = str(manifest.get("kind") or "")
+    if kind.startswith(EXPORT_KIND):
+        fmt = kind.removeprefix(EXPORT_KIND)
+        raise ConfigError(
+            f"{root} is a {fmt} export (an engine file, not torch weights)",
+            f"run it in its engine: slimline profile {root} --engine "
+            f"{'llamacpp' if fmt == 'gguf' else 'onnxruntime'}; or load its parent artifact",
+        )
 
     from accelerate import init_empty_weights
     from safetensors.torch import load_file

@@ -127,6 +127,25 @@ class ArtifactStream:
                 self.entries[k] = (f, v["dtype"], v["shape"], base + a, base + b)
         self.bytes_spilled += f.stat().st_size
 
+    def add_file(
+        self, path: Path, modules: dict[str, Any] | None = None, tied: dict[str, str] | None = None
+    ) -> None:
+        """Take every tensor of the safetensors file ``path`` as it is (another artifact's
+        weights, already checked when it was written and verified since): nothing is read
+        into memory; ``commit`` copies its bytes."""
+        header, base = _read_header(path)
+        twice = sorted(set(header) - {"__metadata__"} & self.entries.keys())
+        if twice:
+            raise ConfigError(
+                f"tensors {twice[:3]} were written twice", "write each block exactly once"
+            )
+        for k, v in header.items():
+            if k != "__metadata__":
+                a, b = v["data_offsets"]
+                self.entries[k] = (path, v["dtype"], v["shape"], base + a, base + b)
+        self.modules.update(modules or {})
+        self.tied.update(tied or {})
+
     def _assemble(self, path: Path) -> None:
         def chunks(name: str) -> Any:
             src, _d, _s, a, b = self.entries[name]

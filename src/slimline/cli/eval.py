@@ -47,6 +47,15 @@ def register(app: typer.Typer) -> None:
             None, "--figures", help="write figures (reliability diagram PNG) into this folder"
         ),
         threads: int = typer.Option(2, "--threads", help="torch CPU threads"),
+        engine: str = typer.Option(
+            "torch",
+            "--engine",
+            help="run MODEL in this engine for the suite: torch | llamacpp (a GGUF file, or the "
+            "model exported to one, its grids kept) | onnxruntime; the reference stays in torch",
+        ),
+        n_ctx: int = typer.Option(
+            2048, "--n-ctx", help="engine context (longer long-context items are skipped)"
+        ),
         json_out: bool = typer.Option(False, "--json", help="print JSON"),
     ) -> None:
         """Evaluate MODEL on the eval part of each --data source."""
@@ -62,9 +71,15 @@ def register(app: typer.Typer) -> None:
         if suite != "ppl":
             _run_suite(
                 model, reference, lm, ref, suite, data, windows, seq_len, task, gate, strict,
-                limit, figures, json_out,
+                limit, figures, json_out, engine, threads, n_ctx,
             )  # fmt: skip
             return
+        if engine != "torch":
+            from slimline.errors import ConfigError
+
+            raise ConfigError(
+                "--suite ppl runs in torch only", "use --suite default with --engine " + engine
+            )
         data = data or ["python-docs"]
         windows = 64 if windows is None else windows
         metrics = evaluate(
@@ -105,6 +120,9 @@ def _run_suite(
     limit: int | None,
     figures: str | None,
     json_out: bool,
+    engine: str = "torch",
+    threads: int = 2,
+    n_ctx: int = 2048,
 ) -> None:
     """Run a named suite and print every metric, the verdicts and what was skipped."""
     from slimline.errors import ConfigError
@@ -122,10 +140,22 @@ def _run_suite(
     if data:
         over["tail"]["datasets"] = tuple(data)
         over["domain"].update(home=data[0], shifted=tuple(data[1:]) or ("shakespeare",))
-    report = run_suite(
-        lm, suite=suite, reference=ref, tasks=tasks, gates=gates, overrides=over, limit=limit,
-        figures_dir=figures,
-    )  # fmt: skip
+    subject: object = lm
+    served = None
+    if engine != "torch":  # judge the file the engine serves, not its torch original
+        from slimline.engines import is_gguf, load_engine
+        from slimline.eval.engine import ServedEngine
+
+        served = load_engine(engine, model if is_gguf(model) else lm, threads=threads, n_ctx=n_ctx)
+        subject = ServedEngine(served, lm.tokenizer, name=f"{model} in {engine}")  # type: ignore[attr-defined]
+    try:
+        report = run_suite(
+            subject, suite=suite, reference=ref, tasks=tasks, gates=gates, overrides=over,
+            limit=limit, figures_dir=figures,
+        )  # fmt: skip
+    finally:
+        if served is not None:
+            served.close()
     check_finite_metrics(report.metrics, model, lm.model, None)  # type: ignore[attr-defined]
     if json_out:
         d = report.to_dict()

@@ -27,7 +27,10 @@ def register(app: typer.Typer) -> None:
         ),
         json_out: bool = typer.Option(False, "--json", help="print JSON"),
         engine: str = typer.Option(
-            "torch", "--engine", help="torch | llamacpp (a GGUF file, or MODEL exported to one)"
+            "torch",
+            "--engine",
+            help="torch | llamacpp (a GGUF file, or MODEL exported to one) | onnxruntime (an .onnx "
+            "file, or MODEL exported to one)",
         ),
     ) -> None:
         """Profile MODEL: params, bytes by dtype, FLOPs/token, prefill and decode latency, peak memory."""
@@ -105,7 +108,7 @@ def _profile_engine(
     threads: int,
     json_out: bool,
 ) -> None:
-    """``--engine llamacpp``: the same protocol, measured in that engine."""
+    """``--engine llamacpp|onnxruntime``: the same protocol, measured in that engine."""
     from slimline.cli._common import kv_table
     from slimline.engines.profile import profile_engine
 

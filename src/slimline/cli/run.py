@@ -24,10 +24,31 @@ def register(app: typer.Typer) -> None:
         ),
         threads: int = typer.Option(2, "--threads", help="torch threads while compressing"),
         json_out: bool = typer.Option(False, "--json", help="print the result as JSON"),
+        workers: int = typer.Option(
+            1, "--workers", help="a recipe with search: worker processes on this machine"
+        ),
     ) -> None:
-        """Run a recipe: baseline, stages (checkpointed, resumable), targets, artifact, registry, report."""
-        from slimline.recipe import run_recipe
+        """Run a recipe: baseline, stages (checkpointed, resumable), targets, artifact, registry, report.
+        A recipe with a search: section runs its study instead and reports the Pareto front."""
+        from slimline.recipe import load_recipe, run_recipe
 
+        rec = load_recipe(recipe, check=False)  # a plain recipe is checked by run_recipe
+        if rec.search is not None:
+            from slimline.cli.search import print_search
+            from slimline.search import run_search
+
+            found = run_search(
+                load_recipe(recipe),
+                output,
+                workers=workers,
+                register=not no_register,
+                threads=threads,
+            )
+            if json_out:
+                emit_json(found.to_dict())
+            else:
+                print_search(found)
+            return
         res = run_recipe(recipe, output, resume=resume, register=not no_register, threads=threads)
         if json_out:
             emit_json(

@@ -73,6 +73,10 @@ class Engine(abc.ABC):
         """Greedy decode with the KV cache: (seconds for the prompt, seconds for the
         ``new_tokens - 1`` one-token steps, the new ids) — as ``profile.runtime.greedy_decode``."""
 
+    def bytes_per_token(self) -> int | None:
+        """Weight bytes one decoded token reads (``slimline.engines.bound``); None if unknown."""
+        return None
+
     def close(self) -> None:
         """Free what the engine holds (native memory in subclasses; temp files here)."""
         for d in self._owned:

@@ -175,6 +175,11 @@ class LlamaCppEngine(Engine):
         t2 = time.perf_counter()
         return t1 - t0, t2 - t1, out
 
+    def bytes_per_token(self) -> int:
+        from slimline.engines.bound import gguf_bytes_per_token
+
+        return gguf_bytes_per_token(self.path)
+
     def close(self) -> None:
         for llm in self._ctx.values():
             llm.close()

@@ -13,6 +13,12 @@ from typing import Any
 from slimline.engines import is_gguf, load_engine
 
 
+def _is_onnx(model: Any) -> bool:
+    from slimline.engines.onnxruntime_engine import onnx_file
+
+    return isinstance(model, str | os.PathLike) and onnx_file(model) is not None
+
+
 def profile_engine(
     model: Any,
     engine: str,
@@ -26,8 +32,8 @@ def profile_engine(
     qtype: str | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Load ``model`` in ``engine`` (a torch model is exported to GGUF first for llamacpp,
-    its grids kept) and run ``Engine.measure``; returns a JSON-ready dict."""
+    """Load ``model`` in ``engine`` (a torch model is exported first — GGUF for llamacpp, ONNX
+    for onnxruntime — its grids kept) and run ``Engine.measure``; returns a JSON-ready dict."""
     n_ctx = max(seq_len, prompt_len + new_tokens)
     eng = load_engine(engine, model, threads=threads, n_ctx=n_ctx, qtype=qtype)
     try:
@@ -42,7 +48,9 @@ def profile_engine(
         path = getattr(eng, "path", None)
         if path is not None:
             res["metrics"]["size/bytes"] = os.path.getsize(path)
-            res["file"] = str(model) if is_gguf(model) else "temporary GGUF export"
+            given = is_gguf(model) or _is_onnx(model)
+            res["file"] = str(model) if given else f"temporary {engine} export"
+        res["metrics"].update(_bound(eng, res["metrics"]))
     finally:
         eng.close()
     return {"model": str(getattr(model, "source", model)), **res}
@@ -94,6 +102,7 @@ def profile_engines_paired(
             path = getattr(eng, "path", None)
             if path is not None:
                 metrics["size/bytes"] = os.path.getsize(path)
+            metrics.update(_bound(eng, metrics))
             settings = {**rs[0]["settings"], "repeats": rounds, "interleaved_models": len(models)}
             out.append(
                 {
@@ -108,3 +117,12 @@ def profile_engines_paired(
     finally:
         for eng in engines:
             eng.close()
+
+
+def _bound(eng: Any, metrics: dict[str, Any]) -> dict[str, Any]:
+    """The bandwidth bound beside the measured decode (empty when the engine cannot say what
+    a token reads)."""
+    from slimline.engines.bound import bound_metrics
+
+    n = eng.bytes_per_token()
+    return {} if not n else bound_metrics(n, eng.threads, metrics.get("latency/decode_tok_s"))

@@ -50,3 +50,8 @@ class TorchEngine(Engine):
         with torch_threads(self.threads):
             t_prompt, t_steps, ids = greedy_decode(self.model, torch.tensor([prompt]), new_tokens)
         return t_prompt, t_steps, ids[0].tolist()
+
+    def bytes_per_token(self) -> int:
+        from slimline.engines.bound import model_bytes_per_token
+
+        return model_bytes_per_token(self.model)

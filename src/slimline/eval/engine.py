@@ -5,13 +5,13 @@ engine it is served with (torch today; llama.cpp / ONNX Runtime when those engin
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 
 from slimline.errors import ConfigError
+from slimline.models.kv import with_cache
 
 
 @runtime_checkable
@@ -75,9 +75,6 @@ class TorchEngine:
         suffix = f"+kv{kv_bits}" if kv_bits else ""
         self.name = name or f"{lm.source}{suffix}"
         self._device = next(lm.model.parameters()).device
-        params = inspect.signature(lm.model.forward).parameters
-        # transformers 5 renamed ``past_key_values`` to ``cache`` (the old name warns)
-        self._cache_kw = "cache" if "cache" in params else "past_key_values"
 
     def _cache(self) -> Any:
         from transformers.cache_utils import DynamicCache
@@ -94,7 +91,7 @@ class TorchEngine:
         out = [
             self.model(
                 input_ids=ids[None, s : s + self.chunk].to(self._device),
-                **{self._cache_kw: cache},
+                **with_cache(self.model, cache),
                 use_cache=True,
             ).logits[0]
             for s in range(0, ids.shape[0], self.chunk)
@@ -139,7 +136,7 @@ class TorchEngine:
         for s in range(0, ids.shape[0], self.chunk):
             last = self.model(
                 input_ids=ids[None, s : s + self.chunk].to(self._device),
-                **{self._cache_kw: cache},
+                **with_cache(self.model, cache),
                 use_cache=True,
                 logits_to_keep=1,
             ).logits[0, -1]
@@ -153,7 +150,7 @@ class TorchEngine:
                 break
             last = self.model(
                 input_ids=torch.tensor([[tok]], device=self._device),
-                **{self._cache_kw: cache},
+                **with_cache(self.model, cache),
                 use_cache=True,
             ).logits[0, -1]
         return torch.tensor(new, dtype=torch.long)
@@ -164,3 +161,35 @@ def as_engine(model: Any, **kwargs: Any) -> LogitsEngine:
     if isinstance(model, LogitsEngine):
         return model
     return TorchEngine(model, **kwargs)
+
+
+class ServedEngine:
+    """A model in a serving engine (``slimline.engines``: llama.cpp, ONNX Runtime) as a
+    ``LogitsEngine``, so a suite judges the file users will run, not its torch original.
+
+    Windows longer than the engine's context are refused by the tasks' own length check
+    (``max_length``), with the reason stated.
+    """
+
+    def __init__(self, engine: Any, tokenizer: Any, name: str | None = None):
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.max_length: int | None = getattr(engine, "n_ctx", None)
+        d = engine.describe()
+        self.name = name or f"{d['engine']} {d['version']}"
+
+    def logits(self, windows: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        ws = [torch.as_tensor(w).long().reshape(-1) for w in windows]
+        if any(w.numel() == 0 for w in ws):
+            raise ConfigError("an evaluation window has no tokens", "drop empty windows")
+        return [self.engine.window_logits(w.tolist()) for w in ws]
+
+    def generate(self, prompt_ids: torch.Tensor, n: int) -> torch.Tensor:
+        """Greedy, at most ``n`` new ids, stopping at the end-of-sequence token like torch's."""
+        if n < 1:
+            return torch.zeros(0, dtype=torch.long)
+        ids = self.engine.generate(torch.as_tensor(prompt_ids).reshape(-1).tolist(), n)
+        eos = getattr(self.tokenizer, "eos_token_id", None)
+        if eos in ids:
+            ids = ids[: ids.index(eos)]
+        return torch.tensor(ids, dtype=torch.long)

@@ -45,8 +45,8 @@ class LongContext(TaskConfig):
 def passkey_prompt(
     tok: object, length: int, key: int, depth: float
 ) -> tuple[list[int], list[int], list[int]]:
-    """Token ids of about ``length`` tokens, the key's ids, and the start of the early and late
-    answers (positions of the key's first token)."""
+    """Token ids of about ``length`` tokens, the ids that carry the key (leading whitespace-only
+    tokens dropped), and where they start in the early and late answers."""
 
     def enc(s: str) -> list[int]:
         return list(tok(s, add_special_tokens=False)["input_ids"])  # type: ignore[operator]
@@ -63,7 +63,14 @@ def passkey_prompt(
     ids += key_ids + dot + filler * (reps - before) + q
     late = len(ids)
     ids += key_ids
-    return ids, key_ids, [early, late]
+    # A tokenizer that splits digits (SmolLM2: " 49673" -> "Ġ", "4", "9", ...) opens the key with
+    # a bare-space token. Its greedy guess after "The pass key is" is a guess at what kind of
+    # word comes next (" the" is as plausible as " "), not at the key: scored, it turned a model
+    # that repeats every digit into consistency 0. Only the tokens that carry the key are scored.
+    lead = 0
+    while lead < len(key_ids) - 1 and not tok.decode([key_ids[lead]]).strip():  # type: ignore[attr-defined]
+        lead += 1
+    return ids, key_ids[lead:], [early + lead, late + lead]
 
 
 def _answers(engine: LogitsEngine, ids: list[int], n_key: int, starts: list[int]) -> list[tuple]:

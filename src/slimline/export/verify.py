@@ -1,4 +1,5 @@
-"""Check an export inside its engine: same windows through llama.cpp and torch, compared.
+"""Check an export inside its engine: same windows through the engine (llama.cpp, ONNX Runtime)
+and torch, compared.
 
 Two references, two questions:
 
@@ -72,6 +73,9 @@ def windows_for(tokenizer: Any, vocab: int, n: int, seq_len: int) -> tuple[torch
     return torch.randint(0, vocab, (n, seq_len), generator=gen), "random ids, seed 0"
 
 
+_SHOWN = {"llamacpp": "llama.cpp", "onnxruntime": "ONNX Runtime"}
+
+
 @torch.no_grad()
 def verify_gguf(
     path: str | os.PathLike[str],
@@ -90,13 +94,45 @@ def verify_gguf(
     the window and position where they differ most when beyond ``tolerance``."""
     from slimline.engines.llamacpp import LlamaCppEngine
 
+    with LlamaCppEngine(path, threads=threads, n_ctx=max(seq_len, 64)) as eng:
+        return verify_in_engine(
+            eng,
+            model,
+            tokenizer,
+            reference=reference,
+            windows=windows,
+            seq_len=seq_len,
+            tolerance=tolerance,
+            label=label or str(path),
+            fix="the conversion or the engine is wrong for this model: export with qtype f32 to "
+            "isolate a block type, or pass verify=False (--no-verify) to keep the file unverified",
+        )
+
+
+@torch.no_grad()
+def verify_in_engine(
+    eng: Any,
+    model: nn.Module,
+    tokenizer: Any,
+    *,
+    reference: nn.Module | None = None,
+    windows: int = 2,
+    seq_len: int = 64,
+    tolerance: Tolerance | None = None,
+    label: str = "the export",
+    fix: str = "re-export the model",
+) -> dict[str, Any]:
+    """Compare an open ``Engine`` (an export loaded in it) with ``model`` and ``reference`` (the
+    torch model holding the file's weights; default ``model``) on fixed windows; the record
+    holds both comparisons and the perplexities. Beyond ``tolerance`` on the same weights it
+    raises ``IntegrityError`` naming the window and position where they differ most, with
+    ``fix``."""
     tol = tolerance or Tolerance()
     reference = reference if reference is not None else model
     vocab = int(model.get_input_embeddings().num_embeddings)
     ids, data = windows_for(tokenizer, vocab, windows, seq_len)
-    with LlamaCppEngine(path, threads=threads, n_ctx=max(seq_len, 64)) as eng:
-        got = eng.logits(ids)
-        engine = eng.describe()
+    got = eng.logits(ids)
+    engine = eng.describe()
     model_logits = model(input_ids=ids, use_cache=False).logits.float()
     ref_logits = (
         model_logits
@@ -120,18 +156,18 @@ def verify_gguf(
         f"ppl/{data}" if tokenizer is not None else "ppl/random": {
             "torch": perplexity(model_logits, ids),
             "torch_file_weights": perplexity(ref_logits, ids),
-            "llamacpp": perplexity(got, ids),
+            eng.name: perplexity(got, ids),
         },
         "tolerance": asdict(tol),
     }
     if same["kl"] > tol.kl or same["agree/top1"] < tol.top1:
         w = same["worst"]
         raise IntegrityError(
-            f"llama.cpp's logits for {label or path} differ from torch holding the same weights: "
-            f"KL {same['kl']:.3g} (max {same['kl_max']:.3g} at window {w['window']}, position "
-            f"{w['position']}), top-1 agreement {same['agree/top1']:.3f}, max |logit diff| "
-            f"{same['max_abs_logit_diff']:.3g}; tolerance KL <= {tol.kl}, top-1 >= {tol.top1}",
-            "the conversion or the engine is wrong for this model: export with qtype f32 to "
-            "isolate a block type, or pass verify=False (--no-verify) to keep the file unverified",
+            f"{_SHOWN.get(eng.name, eng.name)}'s logits for {label} differ from torch holding "
+            f"the same weights: KL {same['kl']:.3g} (max {same['kl_max']:.3g} at window "
+            f"{w['window']}, position {w['position']}), top-1 agreement "
+            f"{same['agree/top1']:.3f}, max |logit diff| {same['max_abs_logit_diff']:.3g}; "
+            f"tolerance KL <= {tol.kl}, top-1 >= {tol.top1}",
+            fix,
         )
     return rec

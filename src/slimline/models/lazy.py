@@ -267,3 +267,112 @@ def open_lazy(path: str | Path, *, trust_remote_code: bool = False) -> LazyModel
         lazy.release("probe")
     lazy.kind = "encoder" if encoder else lazy.arch.kind
     return lazy
+
+
+@dataclass
+class LazyArtifact:
+    """A slimline artifact opened the same way: verified (digests, signature) first, then the
+    skeleton built from its config on the meta device, and each part's tensors (codec modules
+    unpacked, plain tensors, ties) read from ``model.safetensors`` only when asked for. The
+    block-streamed evaluation (``slimline.recipe.streamed``) reads a compressed model with it."""
+
+    model: nn.Module
+    arch: Arch
+    path: Path
+    manifest: dict[str, Any]
+    _held: dict[str, list[tuple[nn.Module, str, Any, str]]] = field(default_factory=dict)
+
+    def materialize(self, key: str, prefixes: list[str]) -> None:
+        """Read the modules and tensors under ``prefixes`` (``""`` = everything) into the
+        skeleton; remember them under ``key`` for ``release``."""
+        from safetensors import safe_open
+
+        from slimline.artifact.io import _set_tensor
+        from slimline.core import get_codec
+
+        pre = tuple(p + "." if p else "" for p in prefixes)
+        mods: dict[str, Any] = self.manifest.get("modules") or {}
+        tied: dict[str, str] = self.manifest.get("tied") or {}
+        reshaped = set(self.manifest.get("reshaped") or [])
+        held = self._held.setdefault(key, [])
+        codec_names = [n for n in mods if (n + ".").startswith(pre)]
+        with safe_open(str(self.path / "model.safetensors"), framework="pt") as f:
+            for name in codec_names:
+                info = mods[name]
+                packed = {k: f.get_tensor(f"{name}.{k}") for k in info["keys"]}
+                parent, _, child = name.rpartition(".")
+                owner = self.model.get_submodule(parent) if parent else self.model
+                held.append((owner, child, owner._modules[child], "module"))
+                owner._modules[child] = get_codec(info["codec"]).unpack(packed, info["meta"])
+            inside = tuple(n + "." for n in mods)
+            plain = [k for k in f.keys() if k.startswith(pre) and not k.startswith(inside)]  # noqa: SIM118
+            aliases = {a: s for a, s in tied.items() if a.startswith(pre)}
+            for k in [*plain, *aliases.values()]:
+                mod_name, _, attr = k.rpartition(".")
+                mod = self.model.get_submodule(mod_name) if mod_name else self.model
+                is_param = attr in mod._parameters
+                cur = (mod._parameters if is_param else mod._buffers).get(attr)
+                if cur is not None and cur.device.type != "meta":
+                    continue  # read already (a tie's source inside this part)
+                held.append((mod, attr, cur, "param" if is_param else "buffer"))
+                t = f.get_tensor(k)
+                _set_tensor(self.model, k, t, reshaped=k in reshaped)
+            for alias, src in aliases.items():
+                mod_name, _, attr = alias.rpartition(".")
+                mod = self.model.get_submodule(mod_name) if mod_name else self.model
+                is_param = attr in mod._parameters
+                held.append((mod, attr, (mod._parameters if is_param else mod._buffers)[attr],
+                             "param" if is_param else "buffer"))  # fmt: skip
+                s_mod, _, s_attr = src.rpartition(".")
+                owner = self.model.get_submodule(s_mod) if s_mod else self.model
+                value = owner._parameters.get(s_attr)
+                _set_tensor(
+                    self.model, alias, value if value is not None else owner._buffers[s_attr],
+                    reshaped=True,
+                )  # fmt: skip
+
+    def release(self, key: str) -> None:
+        """Put back what ``materialize(key, ...)`` replaced: the meta skeleton again."""
+        for owner, attr, old, what in reversed(self._held.pop(key, [])):
+            if what == "module":
+                owner._modules[attr] = old
+            elif what == "param":
+                owner._parameters[attr] = old
+            else:
+                owner._buffers[attr] = old
+
+
+def open_lazy_artifact(path: str | Path, *, home: Any = None) -> LazyArtifact:
+    """Verify the artifact at ``path`` and open it lazily (nothing but its config is built)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig
+
+    from slimline.artifact.io import _model_class, _no_init
+    from slimline.artifact.spec import read_manifest
+    from slimline.artifact.verify import verify_artifact
+
+    root = Path(path)
+    verify_artifact(root, home=home).raise_for_problems()
+    manifest = read_manifest(root)
+    config = AutoConfig.from_pretrained(str(root), local_files_only=True, trust_remote_code=False)
+    with init_empty_weights(include_buffers=False), _no_init():
+        model = _model_class(config)(config)
+    model.eval()
+    lazy = LazyArtifact(model, None, root, manifest)  # type: ignore[arg-type]
+    # the layout is discovered as for a plain model (``open_lazy``): with block 0 and the stem
+    # read, the other blocks and the head left on disk
+    lists = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m)]
+    blocks = max(lists, key=lambda x: len(x[1]))[0] if lists else None
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    probe = [f"{blocks}.0"] if blocks else []
+    for n, m in model.named_modules():
+        inside = blocks is not None and (n == blocks or n.startswith(blocks + "."))
+        own = [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]
+        if n and own and not inside and m is not head:
+            probe.append(n)
+    lazy.materialize("probe", probe)
+    try:
+        lazy.arch = get_arch(model)
+    finally:
+        lazy.release("probe")
+    return lazy

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from slimline.models import Arch
+from slimline.models.kv import cache_of, with_cache
 
 MB = 1e6  # decimal megabytes, as sizes on disk are reported
 
@@ -201,11 +202,11 @@ def greedy_decode(
     out = model(input_ids=prompt, use_cache=True)
     nxt = out.logits[:, -1].argmax(-1, keepdim=True)
     t1 = time.perf_counter()
-    past = out.past_key_values
+    past = cache_of(out)
     ids = [nxt]
     for _ in range(new_tokens - 1):
-        out = model(input_ids=nxt, past_key_values=past, use_cache=True)
-        past = out.past_key_values
+        out = model(input_ids=nxt, **with_cache(model, past), use_cache=True)
+        past = cache_of(out)
         nxt = out.logits[:, -1].argmax(-1, keepdim=True)
         ids.append(nxt)
     t2 = time.perf_counter()
@@ -266,12 +267,12 @@ def decode_breakdown(
 
     greedy_decode(model, prompt, 4)  # warm-up, unprofiled
     out = model(input_ids=prompt, use_cache=True)  # the prompt, unprofiled: steps only
-    past, nxt = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+    past, nxt = cache_of(out), out.logits[:, -1].argmax(-1, keepdim=True)
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
         t0 = time.perf_counter()
         for _ in range(new_tokens):
-            out = model(input_ids=nxt, past_key_values=past, use_cache=True)
-            past, nxt = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+            out = model(input_ids=nxt, **with_cache(model, past), use_cache=True)
+            past, nxt = cache_of(out), out.logits[:, -1].argmax(-1, keepdim=True)
         wall = time.perf_counter() - t0
     ms: dict[str, float] = defaultdict(float)
     calls = 0

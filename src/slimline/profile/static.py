@@ -26,8 +26,9 @@ from slimline.models import Arch
 
 def _storage_key(t: torch.Tensor) -> tuple[int, int, tuple[int, ...], str]:
     try:
-        ptr = t.untyped_storage().data_ptr()
-    except (RuntimeError, NotImplementedError):  # meta or exotic tensors: fall back to identity
+        # meta tensors all report pointer 0: two of one shape are not one tensor
+        ptr = t.untyped_storage().data_ptr() if t.device.type != "meta" else id(t)
+    except (RuntimeError, NotImplementedError):  # exotic tensors: fall back to identity
         ptr = id(t)
     return (ptr, t.storage_offset(), tuple(t.shape), str(t.dtype))
 
@@ -112,7 +113,7 @@ def param_stats(model: nn.Module) -> ParamStats:
             dense = getattr(mod, "weight", None)
             mask = getattr(mod, "mask", None)
             if isinstance(dense, torch.Tensor) and dense.numel() == n:
-                nonzero += int(torch.count_nonzero(dense))
+                nonzero += _nonzero(dense)  # a streamed model's written blocks: meta, dense
             elif isinstance(mask, torch.Tensor) and mask.dtype == torch.bool and mask.numel() == n:
                 nonzero += int(mask.sum())
             else:

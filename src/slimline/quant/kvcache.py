@@ -22,6 +22,7 @@ import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from slimline.errors import ConfigError
+from slimline.models.kv import with_cache
 from slimline.quant.observers import check_finite
 
 _META = torch.float16  # scale and minimum per group: 4 bytes per group of 64 values
@@ -290,7 +291,7 @@ def kv_cache_memory(
                 if b is None
                 else QuantizedKVCache(model.config, b, group_size)
             )
-            model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            model(input_ids=ids, **with_cache(model, cache), use_cache=True, logits_to_keep=1)
             nb = cache_nbytes(cache)
             if b is None:
                 fp_bytes = nb
@@ -332,16 +333,16 @@ def kv_cache_fidelity(
         out = [
             model(
                 input_ids=ids[:, :prompt_len],
-                past_key_values=cache,
+                **with_cache(model, cache),
                 use_cache=True,
                 logits_to_keep=1,
             ).logits[:, -1]
         ]
         for t in range(prompt_len, ids.shape[1] - 1):
             out.append(
-                model(input_ids=ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits[
-                    :, -1
-                ]
+                model(
+                    input_ids=ids[:, t : t + 1], **with_cache(model, cache), use_cache=True
+                ).logits[:, -1]
             )
         return torch.stack(out, 1).float()
 

@@ -26,7 +26,7 @@ uint8 zero per group when asymmetric (bias excluded: it is the same at every wid
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -445,8 +445,11 @@ def mixed_precision(
     calib_ids: torch.Tensor,
     cfg: MixedPrecision | None = None,
     workdir: Path | None = None,
+    apply: Callable[..., int] | None = None,
 ) -> dict[str, Any]:
-    """Measure sensitivity, allocate bits under the budget, apply; returns a record."""
+    """Measure sensitivity, allocate bits under the budget, apply; returns a record.
+    ``apply(model, alloc, pack)`` (default ``apply_allocation``) lets a streamed model
+    (``slimline.calib.stream``) read each block back before quantizing it."""
     cfg = cfg or MixedPrecision()
     sens = layer_sensitivity(
         model,
@@ -466,7 +469,7 @@ def mixed_precision(
     else:
         raise ConfigError("quant.mixed needs a budget", "set avg_bits (e.g. 4.0) or budget_bytes")
     alloc = allocate_bits(sens, budget)
-    apply_allocation(model, alloc, cfg.pack)
+    (apply or apply_allocation)(model, alloc, cfg.pack)
     rec = alloc.to_dict()
     try:
         rec["uniform_error"] = uniform_allocation(sens, budget).total_error

@@ -4,7 +4,8 @@ MatMulNBits takes the weight as ``[N, n_blocks, block_bytes]`` (codes of one blo
 low nibble first for 4 bits), ``scales [N * n_blocks]`` and optional packed zero points; absent
 zero points mean ``2^(bits-1)``, our symmetric zero. A ragged last group is padded with zero
 codes, which K (the true width) tells the kernel to ignore. Per-channel weights use one block
-of the next power of two >= K.
+of the next power of two >= K. The packing is ``export.onnx_export.nbits_tensors``: the ONNX
+export writes the same tensors into whole-model graphs.
 """
 
 from __future__ import annotations
@@ -17,40 +18,25 @@ if TYPE_CHECKING:
     from slimline.quant.linear import QuantLinear
 
 
-def _pack_rows(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    if bits == 8:
-        return codes
-    return codes[..., 0::2] | (codes[..., 1::2] << 4)
-
-
 def nbits_session(layer: QuantLinear, int8_act: bool) -> Any:
     """Build the ORT session (numpy in/out) computing ``x @ W_q^T`` without the bias."""
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    bits, k, n = layer.scheme.bits, layer.in_features, layer.out_features
-    block = layer.scheme.group_size or 1 << (k - 1).bit_length()
-    block = max(block, 16)
-    n_blocks = -(-k // block)
-    codes = layer.codes()
-    pad = n_blocks * block - k
-    if pad:
-        codes = torch.cat([codes, codes.new_zeros(n, pad)], 1)
-    w = _pack_rows(codes.reshape(n, n_blocks, block), bits).contiguous().numpy()
-    scales = layer.scale.float().contiguous().numpy()
+    from slimline.export.onnx_export import nbits_tensors
+
+    t = nbits_tensors(layer)  # the packing the ONNX export writes, written once
+    k, n = t["K"], t["N"]
     inits = [
-        helper.make_tensor("w", TensorProto.UINT8, w.shape, w.tobytes(), raw=True),
-        helper.make_tensor("s", TensorProto.FLOAT, scales.shape, scales.tobytes(), raw=True),
+        helper.make_tensor("w", TensorProto.UINT8, t["B"].shape, t["B"].tobytes(), raw=True),
+        helper.make_tensor(
+            "s", TensorProto.FLOAT, t["scales"].shape, t["scales"].tobytes(), raw=True
+        ),
     ]
     inputs = ["x", "w", "s"]
-    if not layer.scheme.symmetric:
-        z = layer.zero
-        if bits == 4:
-            if z.shape[1] % 2:
-                z = torch.cat([z, z.new_zeros(n, 1)], 1)
-            z = z[:, 0::2] | (z[:, 1::2] << 4)
-        zn = z.contiguous().numpy()
-        inits.append(helper.make_tensor("z", TensorProto.UINT8, zn.shape, zn.tobytes(), raw=True))
+    if "zero_points" in t:
+        z = t["zero_points"]
+        inits.append(helper.make_tensor("z", TensorProto.UINT8, z.shape, z.tobytes(), raw=True))
         inputs.append("z")
     node = helper.make_node(
         "MatMulNBits",
@@ -59,8 +45,8 @@ def nbits_session(layer: QuantLinear, int8_act: bool) -> Any:
         domain="com.microsoft",
         K=k,
         N=n,
-        bits=bits,
-        block_size=block,
+        bits=t["bits"],
+        block_size=t["block_size"],
         accuracy_level=4 if int8_act else 0,
     )
     graph = helper.make_graph(

@@ -58,7 +58,8 @@ def cost(lm: Any, cfg: Latency) -> dict[str, Any]:
         return _engine_costs([lm], cfg)[0]
     from slimline.profile import profile
 
-    return _cost_metrics(profile(lm, repeats=cfg.repeats, breakdown=False, **_settings(cfg)), cfg)
+    m = _cost_metrics(profile(lm, repeats=cfg.repeats, breakdown=False, **_settings(cfg)), cfg)
+    return _with_bound(m, lm, cfg)
 
 
 def paired_cost(lm: Any, baseline: Any, cfg: Latency) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -71,7 +72,18 @@ def paired_cost(lm: Any, baseline: Any, cfg: Latency) -> tuple[dict[str, Any], d
     from slimline.profile import profile_paired
 
     mine, theirs = profile_paired([lm, baseline], rounds=cfg.repeats, **_settings(cfg))
-    return _cost_metrics(mine, cfg, paired=True), _cost_metrics(theirs, cfg, paired=True)
+    return (
+        _with_bound(_cost_metrics(mine, cfg, paired=True), lm, cfg),
+        _with_bound(_cost_metrics(theirs, cfg, paired=True), baseline, cfg),
+    )
+
+
+def _with_bound(m: dict[str, Any], lm: Any, cfg: Latency) -> dict[str, Any]:
+    """Torch's figures with the bandwidth bound beside them (engines add their own)."""
+    from slimline.engines.bound import bound_metrics, model_bytes_per_token
+
+    n = model_bytes_per_token(lm.model)
+    return {**m, **bound_metrics(n, cfg.threads, m.get("latency/decode_tok_s"))}
 
 
 def _engine_costs(models: list[Any], cfg: Latency, paired: bool = False) -> list[dict[str, Any]]:
@@ -116,7 +128,14 @@ def _cost_metrics(p: Any, cfg: Latency, paired: bool = False) -> dict[str, Any]:
     growth = _growth(m)
     if "memory/model_mb" in m:
         m["memory/peak_mb"] = m["memory/model_mb"] + growth
-    m["latency/setup"] = _setup(cfg, p.env, paired, engine="torch", engine_name=p.env.get("engine"))
+    m["latency/setup"] = _setup(
+        cfg,
+        p.env,
+        paired,
+        engine="torch",
+        engine_name=p.env.get("engine"),
+        engine_version=torch.__version__,
+    )
     return m
 
 

@@ -253,12 +253,15 @@ class _Run:
         m.update(measure.params(lm.model))
         if ckpt is not None:
             m["size/bytes"] = float(_dir_bytes(ckpt))
-        if s.latency is not None and lm.kind == "causal-lm":
-            if paired and teacher is not None:
-                mine, base = measure.paired_cost(lm, teacher, s.latency)
-                m.update(mine)
-            else:
-                m.update(measure.cost(lm, s.latency))
+        if lm.kind == "causal-lm":
+            for i, lat in enumerate(s.latencies()):
+                tag = "" if i == 0 else f"@{lat.engine}"  # the primary engine's names stay plain
+                if paired and teacher is not None:
+                    mine, theirs = measure.paired_cost(lm, teacher, lat)
+                    base.update({k + tag: v for k, v in theirs.items()})
+                else:
+                    mine = measure.cost(lm, lat)
+                m.update({k + tag: v for k, v in mine.items()})
         return m, base
 
 
@@ -311,6 +314,7 @@ def run_recipe(
     report: bool = True,
     threads: int | None = None,
     artifact_dir: str | os.PathLike[str] | None = None,
+    manifest_extra: dict[str, Any] | None = None,
 ) -> RunResult:
     """Run ``recipe`` (a ``Recipe``, a file or a template name) in ``run_dir``.
 
@@ -321,6 +325,8 @@ def run_recipe(
     as parent) to the registry at ``registry_home``. ``threads``: torch threads while compressing.
     ``artifact_dir``: where the final artifact goes (new, or an artifact it replaces; default
     ``RUN_DIR/artifact``).
+    ``manifest_extra``: more keys for the final artifact's manifest (a search writes the study
+    and trial a candidate came from).
 
     The model, the data and every teacher are loaded and checked before the run dir is written.
     """
@@ -337,6 +343,14 @@ def run_recipe(
         recipe = load_recipe(recipe)
     out = Path(run_dir) if run_dir is not None else default_run_dir(recipe)
     check_output(out, replace=True, what="run dir")
+    from slimline.recipe.streamed import run_streamed, wants_stream
+
+    if wants_stream(recipe):  # too large to hold twice: compressed and evaluated block by block
+        return run_streamed(
+            recipe, out, resume=resume, register=register, registry_home=registry_home,
+            report=report, artifact_dir=Path(artifact_dir) if artifact_dir else None,
+            threads=threads, manifest_extra=manifest_extra,
+        )  # fmt: skip
     run = _Run(recipe, out, threads=threads)
     run.check(resume)
     t_start = time.perf_counter()
@@ -457,9 +471,18 @@ def run_recipe(
         "data_fingerprint": _fingerprint(ctx),
         "seed": recipe.data.seed,
         "teacher": baseline["model"],
+        **(manifest_extra or {}),
     }
     info = _save(lm, art, manifest, baseline["digest"], registry_home)
     res.artifact, res.digest = art, info.digest
+    if recipe.export:  # engine files, verified there, children of the artifact
+        from slimline.recipe.exports import run_exports
+
+        res.extra["exports"] = run_exports(run, lm, teacher, info, registry_home)
+        for e in res.extra["exports"]:  # quality in the engine, judged like torch's: ppl@llamacpp
+            tag = "@" + str((e.get("engine") or {}).get("engine", e["format"]))
+            for into, got in ((final, e["metrics"]), (baseline["metrics"], e["baseline_metrics"])):
+                into.update({k + tag: v for k, v in got.items() if isinstance(v, float)})
     # the final artifact's own size is what a user ships: re-check size with it
     final["size/bytes"] = float(info.size_bytes)
     res.verdicts = check_targets(recipe.targets, final, baseline["metrics"])
@@ -475,7 +498,13 @@ def run_recipe(
         }
     )
     if register:
-        res.registered = _register(recipe, base_dir, art, registry_home)
+        res.registered = _register(
+            recipe,
+            base_dir,
+            art,
+            registry_home,
+            [out / e["path"] for e in res.extra.get("exports", [])],
+        )
         run.state["registered"] = res.registered
     run.save_state()
     if report:
@@ -490,13 +519,23 @@ def _after_stage(index: int) -> None:
     from. A no-op; tests replace it to kill a run exactly there."""
 
 
-def _register(recipe: Recipe, base: Path, art: Path, home: Any) -> dict[str, Any]:
+def _register(
+    recipe: Recipe, base: Path, art: Path, home: Any, exports: list[Path] = ()
+) -> dict[str, Any]:
+    """The baseline, the artifact (its child) and each export (the artifact's children, named
+    ``<recipe>-<format>``)."""
+    from slimline.artifact.spec import read_manifest
     from slimline.registry import Registry
 
     reg = Registry(home)
     b = reg.register(base, f"{recipe.name}-baseline")
     v = reg.register(art, recipe.name, parent=b.ref)
-    return {"ref": v.ref, "digest": v.digest, "parent": b.ref, "home": str(reg.home)}
+    out = {"ref": v.ref, "digest": v.digest, "parent": b.ref, "home": str(reg.home)}
+    for e in exports:
+        kind = str(read_manifest(e).get("kind", "")).removeprefix("export/")
+        x = reg.register(e, f"{recipe.name}-{kind}", parent=v.ref)
+        out.setdefault("exports", {})[kind] = {"ref": x.ref, "digest": x.digest}
+    return out
 
 
 def _train_data(base: Any, split: tuple[str, int], d: Any) -> Any:

@@ -27,7 +27,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from slimline.core import TechniqueConfig, get_technique, make_config, techniques
 from slimline.errors import ConfigError, ModelLoadError, SlimlineError
@@ -73,8 +81,28 @@ class EvalSuite(_Strict):
     windows: int = Field(16, ge=1)
     seq_len: int = Field(512, ge=8)
     metrics: list[str] = ["ppl", "kl/teacher", "agree/top1"]
-    latency: Latency | None = Latency()
+    # one engine, or a list: the first is the primary (``latency/*``, ``memory/*``); each other
+    # engine's figures carry its name (``latency/decode_tok_s@torch``), timed the same way
+    latency: Latency | list[Latency] | None = Latency()
     every_stage: bool = True  # False: quality only on baseline and final model
+
+    @field_validator("latency")
+    @classmethod
+    def _one_per_engine(cls, v: Latency | list[Latency] | None) -> Latency | list[Latency] | None:
+        if isinstance(v, list):
+            if not v:
+                return None
+            engines = [lat.engine for lat in v]
+            dup = sorted({e for e in engines if engines.count(e) > 1})
+            if dup:
+                raise ValueError(f"engine {dup[0]!r} is listed twice; time each engine once")
+            return v[0] if len(v) == 1 else v
+        return v
+
+    def latencies(self) -> list[Latency]:
+        """The engines timed, primary first (empty when latency is off)."""
+        lat = self.latency
+        return [] if lat is None else list(lat) if isinstance(lat, list) else [lat]
 
     @field_validator("metrics")
     @classmethod
@@ -141,6 +169,64 @@ def parse_quality_limit(metric: str, limit: float | str) -> tuple[str, float]:
     return "ratio", float(limit)
 
 
+EXPORT_ENGINES = {"gguf": "llamacpp"}  # format -> the engine that runs and verifies it
+EXPORT_FORMATS = tuple(EXPORT_ENGINES)
+
+
+class Export(_Strict):
+    """An engine file made from the final artifact, verified in its engine and registered as a
+    child of the artifact: ``export: [{format: gguf}]``."""
+
+    format: str
+    qtype: str | None = None  # dense weights (GGUF: f32 | f16 | q8_0 | ...; None = the default)
+    embed_type: str = "auto"  # GGUF: token embedding / tied head type (auto = as llama.cpp)
+    threads: int = Field(2, ge=1)  # engine threads for verification and evaluation
+    # quality inside the engine on the recipe's eval windows, beside the baseline's f32 file
+    evaluate: bool = True
+
+    @field_validator("format")
+    @classmethod
+    def _format(cls, v: str) -> str:
+        if v not in EXPORT_FORMATS:
+            raise ValueError(f"unknown export format {v!r}; formats: {', '.join(EXPORT_FORMATS)}")
+        return v
+
+
+class SearchBudget(_Strict):
+    """How much a search may spend: ``trials`` finished trials in the study, and/or ``minutes``
+    of wall time per worker (no new trial starts after that)."""
+
+    trials: int | None = None
+    minutes: float | None = None
+
+    @field_validator("trials", "minutes")
+    @classmethod
+    def _positive(cls, v: float | None) -> float | None:
+        if v is not None and v <= 0:
+            raise ValueError(f"a budget of {v} runs nothing; give trials >= 1 or minutes > 0")
+        return v
+
+    @model_validator(mode="after")
+    def _some(self) -> SearchBudget:
+        if self.trials is None and self.minutes is None:
+            raise ValueError("a search budget needs trials or minutes, e.g. {trials: 12}")
+        return self
+
+
+class Search(_Strict):
+    """A ``search:`` section: ``slimline run`` then runs an Optuna study whose trials are runs
+    of this recipe with the ``space`` substituted (see ``slimline.search``)."""
+
+    space: dict[str, Any]
+    objectives: dict[str, str]
+    budget: SearchBudget
+    storage: str | None = None  # an Optuna database URL or a file; default RUN_DIR/study.db
+    study: str | None = None  # default: recipe name + work digest
+    seed: int = 0
+    near_front: int = Field(1, ge=0)  # non-dominated layers after the front that get latency
+    heartbeat_s: float = Field(10.0, gt=0)  # a worker silent 3x this long is declared dead
+
+
 class Recipe(_Strict):
     """A whole recipe. ``stages`` holds validated technique configs (``TechniqueConfig``)."""
 
@@ -153,6 +239,11 @@ class Recipe(_Strict):
     targets: Targets = Targets()
     stages: list[Any] = []
     eval: EvalSuite = EvalSuite()
+    export: list[Export] = []
+    search: Search | None = None
+    # compress and evaluate one block at a time (slimline.recipe.streamed): true / false /
+    # absent = when the model would not fit in memory twice (and every stage streams)
+    stream: bool | None = None
     source: str | None = None  # the file it was read from (not part of the digest)
     _lines: dict = PrivateAttr(default_factory=dict)  # key path -> line in ``source``
 
@@ -172,6 +263,18 @@ class Recipe(_Strict):
             out.append(make_config(kind, params))
         return out
 
+    @model_validator(mode="after")
+    def _search_fits(self) -> Recipe:
+        """A search space names stage parameters that exist and objectives this recipe measures."""
+        if self.search is not None:
+            from slimline.search.space import validate_search
+
+            try:
+                validate_search(self)
+            except ConfigError as e:
+                raise ValueError(f"{e.problem} ({e.fix})") from e
+        return self
+
     def stage_dicts(self) -> list[dict[str, Any]]:
         """Stages as ``[{kind: params}]``, the YAML form."""
         return [{s.kind: s.model_dump(mode="json")} for s in self.stages]
@@ -179,6 +282,10 @@ class Recipe(_Strict):
     def to_dict(self) -> dict[str, Any]:
         d = self.model_dump(mode="json", exclude={"stages", "source"})
         d["stages"] = self.stage_dicts()
+        if not d.get("export"):  # absent = none: digests of recipes without exports stay put
+            d.pop("export", None)
+        if d.get("stream") is None:  # absent = automatic: digests of older recipes stay put
+            d.pop("stream", None)
         return d
 
     def digest(self) -> str:
@@ -192,7 +299,9 @@ class Recipe(_Strict):
         left out, so tightening a target re-checks a finished run instead of redoing it; so are
         a stage's run-control fields (``TechniqueConfig.identity``): more distillation steps go
         on from where the run stopped."""
-        d = {k: v for k, v in self.to_dict().items() if k not in ("name", "description", "targets")}
+        # exports are made from the finished artifact: adding one re-uses the run, not redoes it
+        skip = ("name", "description", "targets", "export", "stream")  # stream: same weights
+        d = {k: v for k, v in self.to_dict().items() if k not in skip}
         d["stages"] = [s.identity() for s in self.stages]
         blob = json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()
@@ -245,6 +354,7 @@ def _allowed_hint(loc: tuple[Any, ...]) -> str:
         "data": list(Data.model_fields),
         "targets": list(Targets.model_fields),
         "eval": list(EvalSuite.model_fields),
+        "export": list(Export.model_fields),
     }
     key = str(loc[0]) if loc else ""
     if key in top and key:
@@ -320,12 +430,25 @@ def measured_metrics(recipe: Recipe) -> set[str]:
         names.add(m)
         if len(s.datasets) > 1:
             names |= {f"{m}/{ds}" for ds in s.datasets}
+    # an export evaluated in its engine: its perplexity, KL and agreement there, tagged @engine
+    for e in recipe.export:
+        if e.evaluate and s.datasets:
+            tag = "@" + EXPORT_ENGINES[e.format]
+            engine = {f"ppl/{ds}" for ds in s.datasets} | {"kl/teacher", "agree/top1"}
+            engine |= {f"{m}/{ds}" for m in ("kl/teacher", "agree/top1") for ds in s.datasets}
+            names |= {n + tag for n in engine}
     return names
 
 
 def _latency_measured(recipe: Recipe) -> bool:
-    lat = recipe.eval.latency
-    return lat is not None and lat.engine in ("torch", "llamacpp")  # see slimline.engines
+    from slimline.engines import ENGINES
+
+    lats = recipe.eval.latencies()
+    return bool(lats) and all(lat.engine in ENGINES for lat in lats)
+
+
+def _timed_on(recipe: Recipe, engine: str, threads: int) -> bool:
+    return any((lat.engine, lat.threads) == (engine, threads) for lat in recipe.eval.latencies())
 
 
 def check_targets_measured(
@@ -335,7 +458,7 @@ def check_targets_measured(
     "not measured", so the recipe would run to the end without being judged."""
     lines = lines or {}
     s, t = recipe.eval, recipe.targets
-    lat = s.latency
+    lats = s.latencies()
     for name, lim in (
         ("max_prefill_ms", t.max_prefill_ms),
         ("min_decode_tok_s", t.min_decode_tok_s),
@@ -344,17 +467,19 @@ def check_targets_measured(
             continue
         where = _where(source, lines, ("targets", name))
         if not _latency_measured(recipe):
+            bad = [lat.engine for lat in lats]
             raise ConfigError(
                 f"{where}: targets.{name} needs latency, but eval.latency "
-                + ("is off" if lat is None else f"uses engine {lat.engine!r}, which is not timed"),
-                "set eval.latency (engine: torch), or drop the target",
+                + ("is off" if not lats else f"names engines {bad}, not all of which are timed"),
+                "set eval.latency (engine: torch | llamacpp | onnxruntime), or drop the target",
             )
-        assert lat is not None
-        if (lim.engine, lim.threads) != (lat.engine, lat.threads):
+        if not _timed_on(recipe, lim.engine, lim.threads):
+            timed = ", ".join(f"{lat.engine} with {lat.threads} threads" for lat in lats)
             raise ConfigError(
                 f"{where}: targets.{name} holds on {lim.engine} with {lim.threads} threads, but "
-                f"eval.latency measures on {lat.engine} with {lat.threads} threads",
-                f"make them agree: set eval.latency.threads to {lim.threads}, or the target's threads to {lat.threads}",
+                f"eval.latency measures on {timed}",
+                f"add {{engine: {lim.engine}, threads: {lim.threads}}} to eval.latency, "
+                "or change the target's engine/threads to one that is timed",
             )
     if t.max_memory_mb is not None and not _latency_measured(recipe):
         raise ConfigError(

@@ -220,30 +220,7 @@ def model_card(state: dict[str, Any]) -> str:
         ]
 
     out += ["## Hardware and engine of every latency", ""]
-    env = state.get("environment") or {}
-    for name, m in [
-        ("baseline", base),
-        *[(f"stage {s['index']} `{s['kind']}`", s["metrics"]) for s in stages],
-    ]:
-        setup = m.get("latency/setup")
-        if setup:
-            paired = ""
-            if setup.get("paired_with_baseline"):
-                other = "the final model" if name == "baseline" else "the baseline"
-                paired = f"; timed interleaved with {other} (A B A B)"
-            out.append(
-                f"- {name}: engine `{setup['engine']}`, {setup['threads']} threads, batch 1; prefill of "
-                f"{setup['prefill_tokens']} tokens, greedy decode of {setup['decode_tokens']} tokens after "
-                f"{setup['prompt_tokens']}; median of {setup['repeats']} after a warm-up{paired}"
-            )
-        else:
-            out.append(f"- {name}: latency not measured")
-    if env:
-        out.append(
-            f"- Machine: {env.get('platform')}, {env.get('cpu_count')} logical CPUs ({env.get('cpu', 'CPU')}); "
-            f"torch {env.get('torch')}, transformers {env.get('transformers')}. Shared machines are noisy: "
-            "compare latencies as ratios measured in one run."
-        )
+    out += engines_section(state)
     out.append("")
 
     out += ["## Trade-offs", ""]
@@ -271,3 +248,105 @@ def model_card(state: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(out)
+
+
+def _timed(m: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """``(tag, setup)`` of each engine a metrics dict was timed on: ``""`` for the primary one,
+    ``"@torch"`` for another (the runner's names)."""
+    return [
+        (k.removeprefix("latency/setup"), v)
+        for k, v in m.items()
+        if (k == "latency/setup" or k.startswith("latency/setup@")) and isinstance(v, dict)
+    ]
+
+
+def engines_section(state: dict[str, Any]) -> list[str]:
+    """Every latency with its engine, version and threads, beside the decode speed this machine's
+    memory bandwidth allows (bytes each token reads / read bandwidth), then the engine files the
+    run exported, verified in their engine, with the quality measured there."""
+    base = state["baseline"]["metrics"]
+    stages = state["stages"]
+    rows = [("baseline", base), *[(f"{s['index']}: `{s['kind']}`", s["metrics"]) for s in stages]]
+    out = [
+        "| model | engine | threads | prefill ms | decode tok/s | bound tok/s | of bound | "
+        "MB read / token |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    notes: list[str] = []
+    for name, m in rows:
+        timed = _timed(m)
+        if not timed:
+            out.append(f"| {name} | not measured | | | | | | |")
+        for tag, setup in timed:
+            engine = f"`{setup.get('engine_name') or setup['engine']}`"
+            if setup.get("engine_version"):
+                engine += f" {setup['engine_version']}"
+            bpt = m.get("latency/bytes_per_token" + tag)
+            out.append(
+                f"| {name} | {engine} | {setup['threads']} | {fmt(m.get('latency/prefill_ms' + tag))}"
+                f" | {fmt(m.get('latency/decode_tok_s' + tag))}"
+                f" | {fmt(m.get('latency/decode_bound_tok_s' + tag))}"
+                f" | {_pct(m.get('latency/decode_of_bound' + tag))}"
+                f" | {fmt(bpt / 1e6) if isinstance(bpt, (int, float)) else '—'} |"
+            )
+            note = (
+                f"`{setup['engine']}`: batch 1; prefill of {setup['prefill_tokens']} tokens, "
+                f"greedy decode of {setup['decode_tokens']} tokens after {setup['prompt_tokens']}; "
+                f"median of {setup['repeats']} after a warm-up"
+                + (
+                    "; the final model timed interleaved with the baseline (A B A B)"
+                    if setup.get("paired_with_baseline")
+                    else ""
+                )
+            )
+            if note not in notes:
+                notes.append(note)
+    out.append("")
+    out += [f"- {n}" for n in notes]
+    bw = next((m[k] for _, m in rows for k in m if k.startswith("memory/bandwidth_gb_s")), None)
+    if bw:
+        out.append(
+            f"- Bound: at batch 1 each generated token reads every weight once, so decode cannot "
+            f"beat (read bandwidth {bw:.1f} GB/s, measured here) / (bytes per token)."
+        )
+    env = state.get("environment") or {}
+    if env:
+        out.append(
+            f"- Machine: {env.get('platform')}, {env.get('cpu_count')} logical CPUs "
+            f"({env.get('cpu', 'CPU')}); torch {env.get('torch')}, transformers "
+            f"{env.get('transformers')}. Shared machines are noisy: compare latencies as ratios "
+            "measured in one run."
+        )
+    exports = list((state.get("exports") or {}).values())
+    if exports:
+        out += [
+            "",
+            "Engine files exported from the final artifact, each verified in its engine (logits "
+            "against torch holding the same weights) and registered as the artifact's child:",
+            "",
+            "| file | engine | MB | tensor types | verified: KL / top-1 | quality in the engine "
+            "| baseline there | registry |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        reg = (state.get("registered") or {}).get("exports") or {}
+        for e in exports:
+            v = e.get("verify") or {}
+            eng = e.get("engine") or {}
+            q, b = e.get("metrics") or {}, e.get("baseline_metrics") or {}
+            ppl = [k for k in q if k.startswith("ppl/") and not k.endswith("/vs_baseline")]
+            types = ", ".join(f"{n} {t}" for t, n in sorted((e.get("type_counts") or {}).items()))
+            out.append(
+                f"| `{e['path']}/{e['file']}` | `{eng.get('engine', '?')}` {eng.get('version', '')}"
+                f" | {e['bytes'] / 1e6:.1f} | {types}"
+                f" | {'yes' if v.get('verified') else 'NO'}: {fmt(v.get('kl'))} / "
+                f"{fmt(v.get('agree/top1'))}"
+                f" | {'; '.join(f'{k} {fmt(q[k])}' for k in ppl) or '—'}"
+                f"{'; KL ' + fmt(q['kl/teacher']) if 'kl/teacher' in q else ''}"
+                f" | {'; '.join(f'{k} {fmt(b[k])}' for k in ppl if k in b) or '—'}"
+                f" | {'`' + reg[e['format']]['ref'] + '`' if e['format'] in reg else '—'} |"
+            )
+    return out
+
+
+def _pct(v: Any) -> str:
+    return f"{100 * v:.0f} %" if isinstance(v, (int, float)) else "—"

@@ -19,6 +19,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from slimline.errors import ConfigError
+from slimline.models.kv import cache_of, with_cache
 from slimline.models.load import LoadedModel
 
 
@@ -78,8 +79,8 @@ class _Stream:
     @torch.no_grad()
     def next_logits(self, seq: torch.Tensor) -> torch.Tensor:
         new = seq[:, self.fed :]
-        out = self.model(input_ids=new, past_key_values=self.cache, use_cache=True)
-        self.cache = out.past_key_values
+        out = self.model(input_ids=new, **with_cache(self.model, self.cache), use_cache=True)
+        self.cache = cache_of(out)
         self.fed = seq.shape[1]
         return out.logits[0, -1]
 
