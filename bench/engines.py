@@ -50,31 +50,6 @@ def dump(path: str | None) -> None:
         os.replace(tmp, path)
 
 
-def read_bandwidth_gb_s(threads: int, mbytes: int = 512, repeats: int = 5) -> float:
-    """Sustained read bandwidth: a ``mbytes`` fp32 tensor summed with ``threads`` threads."""
-    x = torch.ones(mbytes * 2**20 // 4)
-    torch.set_num_threads(threads)
-    x.sum()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        x.sum()
-        ts.append(time.perf_counter() - t0)
-    return x.numel() * 4 / statistics.median(ts) / 1e9
-
-
-def bytes_per_token(path: Path) -> int:
-    """Weight bytes one decoded token reads: every tensor but the input embedding (one row),
-    plus the embedding again in full when it doubles as the head (tied)."""
-    from gguf import GGUFReader
-
-    sizes = {t.name: int(t.n_bytes) for t in GGUFReader(path).tensors}
-    total = sum(sizes.values())
-    if "output.weight" not in sizes:
-        return total  # the tied embedding is read in full as the head; its input row is noise
-    return total - sizes["token_embd.weight"]
-
-
 def llama_quantize(src: Path, dst: Path, qtype: str, threads: int) -> None:
     """llama.cpp's own quantizer (its defaults: Q8_0/Q6_K for the tied embedding and so on)."""
     import llama_cpp
@@ -109,6 +84,14 @@ def main() -> None:
     ap.add_argument("--eval", type=int, default=64, help="eval windows per text (64)")
     ap.add_argument("--calib", type=int, default=128, help="GPTQ calibration windows (128)")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (5)")
+    ap.add_argument(
+        "--calib-source",
+        default="python-docs+shakespeare",
+        help="calibration text (both domains by default: Python docs alone overfits them)",
+    )
+    ap.add_argument(
+        "--no-speed", action="store_true", help="quality and sizes only (on a busy machine)"
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None, help="write results here after every step")
     ap.add_argument("--out-dir", default=None, help="keep the GGUF files here (default: temp)")
@@ -120,6 +103,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from slimline.data import calibration_blocks, eval_blocks
+    from slimline.engines.bound import gguf_bytes_per_token, read_bandwidth_gb_s
     from slimline.engines.llamacpp import LlamaCppEngine
     from slimline.engines.torch_engine import TorchEngine
     from slimline.export import export_gguf
@@ -138,7 +122,7 @@ def main() -> None:
         "python-docs": eval_blocks(tok, "python-docs", seq_len=seq, max_blocks=args.eval),
         "shakespeare": eval_blocks(tok, "shakespeare", seq_len=seq, max_blocks=args.eval),
     }
-    calib = calibration_blocks(tok, "python-docs", n=args.calib, seq_len=calib_len, seed=0)
+    calib = calibration_blocks(tok, args.calib_source, n=args.calib, seq_len=calib_len, seed=0)
     RESULTS["settings"] = {
         "model": lm.source,
         "blocks": lm.arch.n_blocks(lm.model.config),
@@ -149,6 +133,7 @@ def main() -> None:
         "new_tokens": new,
         "rounds": args.rounds,
         "calib": args.calib,
+        "calib_source": args.calib_source,
     }
     RESULTS["bandwidth_gb_s"] = read_bandwidth_gb_s(args.threads)
     dump(args.json)
@@ -209,7 +194,7 @@ def main() -> None:
         files[key] = dst
         RESULTS["models"][key] = {"bytes": dst.stat().st_size}
     for key, path in files.items():
-        RESULTS["models"][key]["bytes_per_token"] = bytes_per_token(path)
+        RESULTS["models"][key]["bytes_per_token"] = gguf_bytes_per_token(path)
     dump(args.json)
 
     # quality inside llama.cpp (and torch fp32 as the reference)
@@ -222,6 +207,8 @@ def main() -> None:
     RESULTS["torch_fp32_ppl"] = {f"ppl/{n}": ppl_in_engine(te, w) for n, w in ev.items()}
     dump(args.json)
 
+    if args.no_speed:
+        return
     # speed: every (model, engine) pair once per round, interleaved
     engines: dict[str, Any] = {
         f"torch:{k}": TorchEngine(m, args.threads, tok) for k, m in torch_models.items()

@@ -120,7 +120,8 @@ def compressions(base: Any, args: argparse.Namespace, log: list[str]) -> Any:
     )
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace, save: Any = None) -> dict[str, Any]:
+    """Every row; ``save(result)`` after each, so a run cut short keeps what it measured."""
     torch.set_num_threads(args.threads)
     out: dict[str, Any] = {
         "suite": args.suite,
@@ -130,6 +131,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "rows": [],
         "log": [],
     }
+    t_all = time.perf_counter()
     base = load_model("smollm2-135m")
     ref = TorchEngine(base)
     memo: dict = {}
@@ -141,6 +143,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         out["rows"].append(row(name, how, r, time.perf_counter() - t0))
         print(f"{name}: {out['rows'][-1]['gates']} gates, {out['rows'][-1]['seconds']:.0f} s")
+        if save:
+            save(out)
     enc = load_model("minilm-l6")
     q = copy.deepcopy(enc)
     quantize(q.model, Rtn(bits=8, group_size=64))
@@ -151,8 +155,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.perf_counter()
         r = run_suite(m, suite="encoder", reference=enc, limit=args.limit)
         out["rows"].append(row(name, how, r, time.perf_counter() - t0))
+        if save:
+            save(out)
     out["utc_end"] = utc()
     out["load_end"] = os.getloadavg()
+    out["seconds_total"] = round(time.perf_counter() - t_all, 1)
     return out
 
 
@@ -242,6 +249,9 @@ def markdown(res: dict[str, Any]) -> str:
                 for r in suite_rows
             ),
         ]
+    if res.get("seconds_total"):
+        lines += ["", f"Whole script (model loads, GPTQ, Wanda, distillation, all suites): "
+                  f"{res['seconds_total']:.0f} s."]  # fmt: skip
     if res["log"]:
         lines += ["", *(f"- {x}" for x in res["log"])]
     return "\n".join(lines) + "\n"
@@ -264,12 +274,17 @@ def main() -> None:
     p.add_argument("--markdown", help="write the tables here")
     p.add_argument("--json", help="write every number here")
     args = p.parse_args()
-    res = run(args)
-    md = markdown(res)
-    if args.json:
-        _write(args.json, json.dumps(res, indent=2, default=str) + "\n")
-    if args.markdown:
-        _write(args.markdown, md)
+
+    def save(res: dict[str, Any]) -> None:
+        res.setdefault("utc_end", "(running)")
+        res.setdefault("load_end", os.getloadavg())
+        if args.json:
+            _write(args.json, json.dumps(res, indent=2, default=str) + "\n")
+        if args.markdown:
+            _write(args.markdown, markdown(res))
+
+    res = run(args, save)
+    save(res)
     table = Table(title=f"suite {args.suite} (torch, {args.threads} threads)")
     for col in ("model", "gates", "failed", "moved most", "seconds"):
         table.add_column(col)

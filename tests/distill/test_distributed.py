@@ -62,3 +62,57 @@ def test_two_processes_follow_the_one_process_curve(tmp_path):
     log = (tmp_path / "two" / "full" / "train_log.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in log] == [1, 2, 3, 4, 5]
     assert two["checkpoints"] == ["step-0000004", "step-0000005"]
+
+
+def _launch(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    accelerate = Path(sys.executable).with_name("accelerate")
+    # fmt: off
+    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(_free_port()), "-m", "slimline.cli", *args]
+    # fmt: on
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+
+
+@pytest.mark.timeout(300)
+def test_cli_distill_two_processes_one_writer_and_resume(tmp_path):
+    """`accelerate launch -n 2 -m slimline.cli distill ...`: both processes train (the log says
+    2 processes), one artifact and one registry row are written, the other process prints
+    nothing and exits 0; `--resume` with more steps goes on from the 2-process checkpoint."""
+    from slimline.models import tiny_model
+    from slimline.registry import Registry
+
+    src = tmp_path / "teacher"
+    lm = tiny_model("llama", n_blocks=2, hidden=64, seed=0)
+    lm.model.save_pretrained(src)
+    lm.tokenizer.save_pretrained(str(src))
+    home, out, run_dir = tmp_path / "home", tmp_path / "out", tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SLIMLINE_QUIET": "1", "SLIMLINE_HOME": str(home)}
+    # fmt: off
+    args = ["distill", "--teacher", str(src), "--student-from", f"{src}:keep=1,importance=even",
+            "-o", str(out), "--run-dir", str(run_dir), "--seq-len", "32", "--batch-size", "2",
+            "--checkpoint-every", "1", "--threads", "1", "--json"]
+    # fmt: on
+    r = _launch([*args, "--max-steps", "2"], env)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert r.stdout.count('"model_dir"') == 1  # one process printed the record
+    printed = json.loads(r.stdout[r.stdout.index("{") :])
+    assert printed["steps"] == 2
+    assert sorted(p.name for p in out.iterdir()) == ["model"]  # one artifact, nothing beside
+    rows = Registry(home).list()
+    assert sorted(v.name for v in rows) == ["distill", "distill-baseline"]
+    log = (run_dir / "work" / "distill" / "train_log.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in log] == [1, 2]
+    assert {json.loads(x)["processes"] for x in log} == {2}
+    ck = sorted(p.name for p in (run_dir / "work" / "distill" / "checkpoints").iterdir())
+    assert ck[-1] == "step-0000002" and not [c for c in ck if c.startswith(".")]
+
+    r = _launch([*args, "--max-steps", "3", "--resume"], env)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    again = json.loads(r.stdout[r.stdout.index("{") :])
+    assert again["steps"] == 3 and again["resumed_from"] == 2
+    log = (run_dir / "work" / "distill" / "train_log.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in log] == [1, 2, 3]
+    rows = Registry(home).list()  # the continued run replaced the artifact: one more version
+    assert sorted(v.name for v in rows).count("distill") == 2
+    assert sorted(p.name for p in out.iterdir()) == ["model"]

@@ -147,6 +147,15 @@ def test_a_corrupt_onnx_file_is_one_line_with_the_fix(tmp_path):
     assert "\n" not in e.value.problem and "slimline export MODEL --format onnx" in e.value.fix
     with pytest.raises(InputError, match="no ONNX file"):
         load_engine("onnxruntime", tmp_path / "missing.onnx")
+    import onnx
+    from onnx import helper
+
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+    g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [x])
+    g.output[0].name = "y"
+    onnx.save(helper.make_model(g), str(tmp_path / "other.onnx"))  # valid, but not ours
+    with pytest.raises(EngineError, match="was not written by slimline's ONNX export"):
+        load_engine("onnxruntime", tmp_path / "other.onnx")
 
 
 def test_profile_cli_exits_with_one_line_on_a_corrupt_file(tmp_path, monkeypatch, capsys):

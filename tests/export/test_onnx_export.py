@@ -183,7 +183,7 @@ def test_a_wrong_conversion_fails_verification_and_writes_nothing(tmp_path, monk
             if p.ndim == 2:
                 p.normal_(0, 1.0 / p.shape[1] ** 0.5)
     monkeypatch.setattr(onnx_export, "_rotate", lambda g, x, cos, sin, hd: x)  # no rotary
-    with pytest.raises(IntegrityError, match="ONNX Runtime's logits for bad.onnx differ"):
+    with pytest.raises(IntegrityError, match=r"ONNX Runtime's logits for bad\.onnx differ"):
         export_onnx(lm.model, lm.tokenizer, tmp_path / "bad.onnx")
     assert not list(tmp_path.iterdir())  # no file, no record, no temp dir
 

@@ -1,5 +1,6 @@
 """The analytic size estimate against what the runner really writes."""
 
+import helpers
 import pytest
 
 from slimline.errors import ConfigError
@@ -8,8 +9,6 @@ from slimline.recipe import parse_recipe, run_recipe
 from slimline.recipe.schema import EvalSuite
 from slimline.search.cost import estimate, model_shape
 from slimline.search.space import COST_PREFIXES  # noqa: F401  (import check)
-
-import helpers  # noqa: I001
 
 CASES = [
     [{"quant.rtn": {"bits": 4, "group_size": 32, "symmetric": False}}],

@@ -8,7 +8,11 @@ from slimline.search.space import apply_point, corner_points
 
 STAGES = [{"prune.magnitude": {"sparsity": 0.3}}, {"quant.rtn": {"bits": 4, "group_size": 32}}]
 OK = {
-    "space": {"1.bits": [4, 8], "0.sparsity": {"low": 0.1, "high": 0.5}, "0": {"present": [True, False]}},
+    "space": {
+        "1.bits": [4, 8],
+        "0.sparsity": {"low": 0.1, "high": 0.5},
+        "0": {"present": [True, False]},
+    },
     "objectives": {"ppl/python-docs": "minimize", "size/bytes": "minimize"},
     "budget": {"trials": 4},
 }
@@ -73,3 +77,22 @@ def test_the_shipped_search_template_validates():
     for n in names:
         r = load_recipe(n, check=False)
         assert r.search is not None and r.targets.max_size_mb is not None
+
+
+def test_a_searched_grid_does_not_clash_with_defaults_the_recipe_never_set():
+    """The stage says only ``grid``; searching ``grid`` must not carry bits=4/group 128 along,
+    also for a worker that reads the recipe back from the study."""
+    from slimline.search.space import base_stages, recipe_data
+
+    r = _recipe(
+        {
+            "space": {"0.grid": ["gguf-q8_0", "gguf-q4_0"]},
+            "objectives": {"size/bytes": "minimize"},
+            "budget": {"trials": 2},
+        },
+        stages=[{"quant.rtn": {"grid": "gguf-q4_1"}}],
+    )
+    again = parse_recipe(recipe_data(r))
+    for rec in (r, again):
+        (cfg,) = apply_point(base_stages(rec), {"0.grid": "gguf-q8_0"})
+        assert cfg.scheme().bits == 8 and cfg.scheme().group_size == 32

@@ -14,6 +14,7 @@ writer's process is gone (same host) or nothing in them changed for ``STALE_AFTE
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import json
 import os
@@ -24,6 +25,8 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+
+from slimline.errors import InputError
 
 PARTIAL_MARK = ".slimline-partial"
 STALE_AFTER_S = 3600.0  # no marker to ask (or another host's): untouched this long = abandoned
@@ -145,3 +148,16 @@ def atomic_dir(out: str | os.PathLike[str], *, replace: bool = False) -> Iterato
 def files_in(tmp: Path) -> list[Path]:
     """The files a writer put in ``tmp`` (the partial marker left out)."""
     return [p for p in sorted(tmp.rglob("*")) if p.is_file() and p.name != PARTIAL_MARK]
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(err: OSError, out: Path) -> InputError:
+    """A full disk (or quota) while writing ``out``, as the error a user can act on (the temp
+    dir is removed by the writer, so nothing was written)."""
+    return InputError(
+        f"the disk holding {out.parent} ran out of space while writing {out.name} "
+        f"({err.strerror or err}); nothing was written",
+        "free space on that disk (or write -o to another one) and run the same command again",
+    )

@@ -318,8 +318,10 @@ def save_artifact(
             tied=tied,
             write_weights=write_weights,
         )
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and e.errno in _atomic.NO_SPACE:
+            raise _atomic.disk_full(e, out) from e
         raise
 
 

@@ -12,7 +12,6 @@ leaves nothing behind.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
@@ -23,6 +22,7 @@ import torch
 
 from slimline.artifact import atomic as _atomic
 from slimline.artifact import keys as _keys
+from slimline.artifact.atomic import NO_SPACE, disk_full
 from slimline.artifact.io import (
     ArtifactInfo,
     _check_finite_tensors,
@@ -32,7 +32,7 @@ from slimline.artifact.io import (
     write_artifact,
     write_safetensors,
 )
-from slimline.errors import ConfigError, InputError
+from slimline.errors import ConfigError
 
 _COPY_CHUNK = 64 << 20
 SPILL_DIR = ".spill"
@@ -43,15 +43,6 @@ def _read_header(path: Path) -> tuple[dict[str, Any], int]:
         n = int.from_bytes(f.read(8), "little")
         header = json.loads(f.read(n))
     return header, 8 + n
-
-
-def disk_full(err: OSError, out: Path) -> InputError:
-    """A full disk (or quota) while writing ``out``, as the error a user can act on."""
-    return InputError(
-        f"the disk holding {out.parent} ran out of space while writing {out.name} "
-        f"({err.strerror or err}); nothing was written",
-        "free space on that disk (or write -o to another one) and run the same command again",
-    )
 
 
 class ArtifactStream:
@@ -117,7 +108,7 @@ class ArtifactStream:
         try:
             save_file(tensors, str(f))
         except OSError as e:
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            if e.errno in NO_SPACE:
                 raise disk_full(e, self.out) from e
             raise
         header, base = _read_header(f)
@@ -181,7 +172,7 @@ class ArtifactStream:
             )
         except OSError as e:
             self.abort()
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            if e.errno in NO_SPACE:
                 raise disk_full(e, self.out) from e
             raise
         except BaseException:

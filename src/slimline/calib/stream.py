@@ -264,8 +264,7 @@ def stream_plan(cfg: TechniqueConfig) -> str:
     if how is None:
         raise ConfigError(
             f"{cfg.kind} changes the model as a whole (it removes structure or trains), so it "
-            "cannot run one block at a time; streamed: "
-            + ", ".join(sorted(_HOW)),
+            "cannot run one block at a time; streamed: " + ", ".join(sorted(_HOW)),
             _NO,
         )
     if getattr(cfg, "storage", "dense") == "sparse":
@@ -283,8 +282,7 @@ def stream_plan(cfg: TechniqueConfig) -> str:
     if cfg.kind == "quant.mixed" and getattr(cfg, "metric", "output") == "kl":
         raise ConfigError(
             "quant.mixed with metric: kl runs the whole model once per layer and bit width",
-            "use metric: output (it streams: one measuring pass, then one writing pass), or "
-            + _NO,
+            "use metric: output (it streams: one measuring pass, then one writing pass), or " + _NO,
         )
     if how == ENGINE and "calib" not in cfg.requires():
         how = WALK
@@ -412,8 +410,10 @@ def compress_streamed(
                             _NO,
                         )
                 else:
-                    run = (lambda: _walk(src, config, ctx)) if how == WALK else (
-                        lambda: _mixed(src, config, ctx)
+                    run = (
+                        (lambda: _walk(src, config, ctx))
+                        if how == WALK
+                        else (lambda: _mixed(src, config, ctx))
                     )
                     rec = record_stage(lazy.model, config, run)
                 src.finish()

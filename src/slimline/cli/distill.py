@@ -72,7 +72,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Distil a teacher into a smaller student (cut from the teacher, or given), run as a
         recipe: the student artifact goes to OUTPUT/model, the run (trace, checkpoints, report)
-        to the run dir; --resume continues training there (e.g. with more --max-steps)."""
+        to the run dir; --resume continues training there (e.g. with more --max-steps).
+        Under `accelerate launch --num_processes N` it trains data-parallel; only the main
+        process writes the artifact, the run dir and the registry row."""
         from slimline.core import TechniqueConfig, make_config
         from slimline.distill.student import parse_student_spec
         from slimline.recipe.compress import compress, compress_recipe, summary
@@ -135,6 +137,8 @@ def register(app: typer.Typer) -> None:
             register=not no_register,
             threads=threads,
         )
+        if "follower" in run.extra:  # another process of `accelerate launch`: the main one prints
+            return
         res = summary(run)
         rec = {
             **res["details"],

@@ -96,7 +96,8 @@ def lineage_cmd(ref: str, as_json: bool = JSON) -> None:
 def gates_cmd(
     alias: str,
     gates: list[str] = typer.Argument(
-        None, help="e.g. 'ppl/python-docs <= 1.05 x parent' (none: show)"
+        None,
+        help="e.g. 'ppl/python-docs <= 1.05 x parent' or 'suite default vs parent' (none: show)",
     ),
     name: str = typer.Option(None, help="only for this model"),
     as_json: bool = JSON,
@@ -117,10 +118,16 @@ def promote_cmd(
     alias: str,
     force: bool = typer.Option(False, "--force", help="override failing gates (needs --reason)"),
     reason: str = typer.Option(None, help="why; recorded in the audit log"),
+    suite: str = typer.Option(
+        None,
+        "--suite",
+        help="also pass this evaluation suite's gates: NAME (against the parent) or "
+        "'NAME vs baseline'; reuses what the version's recipe run measured",
+    ),
     as_json: bool = JSON,
 ) -> None:
     """Point ALIAS at REF if its gates pass."""
-    rep = _reg().promote(ref, alias, force=force, reason=reason)
+    rep = _reg().promote(ref, alias, force=force, reason=reason, suite=suite)
     emit_json(rep.to_dict()) if as_json else out.print(str(rep), markup=False)
     if not rep.promoted:
         raise RegistryError(

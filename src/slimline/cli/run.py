@@ -50,6 +50,8 @@ def register(app: typer.Typer) -> None:
                 print_search(found)
             return
         res = run_recipe(recipe, output, resume=resume, register=not no_register, threads=threads)
+        if "follower" in res.extra:  # another process of `accelerate launch`: the main one prints
+            return
         if json_out:
             emit_json(
                 {

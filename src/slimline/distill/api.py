@@ -227,14 +227,20 @@ def distill(
     s_lm.arch = get_arch(s_lm.model)
     res = DistillResult(s_lm, trained[0], None)
     if out is not None:
+        from slimline.recipe.ranks import barrier, is_main
+
         record = record.model_copy(
             update={"details": json.loads(json.dumps(res.record(), default=str))}
         )
-        res.model_dir = _save_model(s_lm, out, record)
-        (out / "distill.json").write_text(
-            json.dumps({"kind": "distill", "config": cfg.to_dict(), **res.record()}, indent=2)
-            + "\n"
-        )
+        if is_main():  # under `accelerate launch -n N` one process writes, the others wait
+            res.model_dir = _save_model(s_lm, out, record)
+            (out / "distill.json").write_text(
+                json.dumps({"kind": "distill", "config": cfg.to_dict(), **res.record()}, indent=2)
+                + "\n"
+            )
+        else:
+            res.model_dir = out / "model"
+        barrier()
     return res
 
 
@@ -265,9 +271,12 @@ def fit(
             raise ConfigError(
                 "cache_topk needs an output directory to keep the cache in", "pass out_dir"
             )
+        from slimline.recipe.ranks import barrier, is_main
+
         where = cache_dir / "teacher_topk.safetensors"
-        if not where.exists():
+        if not where.exists() and is_main():  # one process writes it, the others read it
             cache_teacher(t, ids, where, k=cfg.cache_topk, attention_mask=mask)
+        barrier()
         t = CachedTeacher(where, ids)  # refuses a cache made for other data
     model.requires_grad_(True)
     result = train(

@@ -61,12 +61,17 @@ class _Session:
         self.sess = _session(self.path, threads)
         meta = self.sess.get_modelmeta().custom_metadata_map
         got = meta.get("slimline.kind")
-        if got != kind:
+        if got is None:
             raise EngineError(
-                f"{self.path} is {'a ' + got if got else 'not a slimline'} ONNX graph, not a {kind}",
-                _REEXPORT
-                if got is None
-                else f"open it with the {'OnnxEncoder' if got == 'encoder' else 'onnxruntime engine'}",
+                f"{self.path} was not written by slimline's ONNX export (its inputs and outputs "
+                "are not known)",
+                _REEXPORT,
+            )
+        if got != kind:
+            other = "slimline.engines.onnxruntime_engine.OnnxEncoder"
+            raise EngineError(
+                f"{self.path} holds a {got} graph, not a {kind}",
+                f"open it with {other if got == 'encoder' else 'the onnxruntime engine'}",
             )
         self.family = meta.get("slimline.family", "?")
         self.max_positions = int(meta.get("slimline.max_positions", "0") or 0)

@@ -150,7 +150,8 @@ class SuiteReport:
         return d
 
 
-def _known(pattern: str) -> bool:
+def known_metric(pattern: str) -> bool:
+    """Whether a gate's metric (a name or glob) is one of the metric names (DEVELOPING.md)."""
     probe = pattern.replace("*", "x").replace("?", "x")
     return direction(probe) is not None
 
@@ -230,7 +231,7 @@ def run_suite(
     extra = list(gates or ())
     for g in extra:
         pattern = Gate.parse(g).metric
-        if not _known(pattern):
+        if not known_metric(pattern):
             raise ConfigError(
                 f"unknown metric {pattern!r} in gate {g!r}",
                 "name a metric from DEVELOPING.md 'Metric names' (e.g. kl/p99/python-docs, "

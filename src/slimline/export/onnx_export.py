@@ -6,8 +6,9 @@ it holds, and nothing depends on how transformers' caches and masks trace. Decod
 ``input_ids [batch, seq]`` and ``past_key_values.N.key/value [batch, kv_heads, past, head_dim]``
 and return ``logits`` and ``present.N.key/value`` (past + seq positions): positions are
 ``past .. past + seq - 1`` and attention is causal, so no attention mask is needed (batches of
-equal-length windows). Encoders (bert) take ``input_ids`` and ``attention_mask`` and return
-``last_hidden_state`` and the mean-pooled, L2-normalised ``sentence_embedding``.
+equal-length windows). Encoders (bert) take ``input_ids`` and ``attention_mask`` (token type 0:
+single sentences, as sentence-transformers encodes them) and return ``last_hidden_state`` and
+the mean-pooled, L2-normalised ``sentence_embedding``.
 
 A ``QuantLinear`` of 4 or 8 bits with power-of-two groups (>= 16; per-channel = one block of the
 next power of two) becomes ``com.microsoft.MatMulNBits`` holding exactly our codes, scales and
@@ -362,7 +363,11 @@ def _llama(g: _Graph, model: nn.Module, arch: Any) -> dict[str, Any]:
     kv = [blk.self_attn.k_proj.out_features // hd for blk in blocks]
     window = getattr(cfg, "sliding_window", None) if arch.model_type == "mistral" else None
     if arch.model_type == "qwen2" and getattr(cfg, "use_sliding_window", False):
-        raise ConfigError("ONNX export does not support qwen2's sliding window", "turn it off")
+        raise ConfigError(
+            "ONNX export does not support qwen2's sliding window (use_sliding_window=True)",
+            "set config.use_sliding_window = False if the model never exceeds the window, "
+            "or export to GGUF",
+        )
     pos = _positions(g, "past_key_values.0.key", window)
     cos, sin = _rope(g, model.get_submodule(arch.block_path.rsplit(".", 1)[0]).rotary_emb, pos.q)
     x = _embedding(g, model, arch.embed, "input_ids")
@@ -394,7 +399,10 @@ def _gpt2(g: _Graph, model: nn.Module, arch: Any) -> dict[str, Any]:
     c, h_ = cfg.n_embd, cfg.n_head
     hd = c // h_
     if getattr(cfg, "scale_attn_by_inverse_layer_idx", False):
-        raise ConfigError("ONNX export does not support scale_attn_by_inverse_layer_idx", "")
+        raise ConfigError(
+            "ONNX export does not support gpt2's scale_attn_by_inverse_layer_idx",
+            "export a gpt2 model without it (the default)",
+        )
     pos = _positions(g, "past_key_values.0.key", None)
     x = _embedding(g, model, arch.embed, "input_ids")
     x = g.op("Add", x, _embedding(g, model, arch.pos_embed, pos.q))
@@ -467,7 +475,11 @@ def _bert(g: _Graph, model: nn.Module, arch: Any) -> dict[str, Any]:
     cfg = model.config
     emb = model.embeddings
     if getattr(cfg, "position_embedding_type", "absolute") != "absolute":
-        raise ConfigError("ONNX export supports absolute position embeddings only", "")
+        raise ConfigError(
+            f"ONNX export supports absolute position embeddings only, not "
+            f"{cfg.position_embedding_type}",
+            "export a bert model with position_embedding_type='absolute' (MiniLM, BERT)",
+        )
     t = g.op("Shape", "input_ids", start=1, end=2)
     zero = g.op("Squeeze", g.const([0]), g.const([0]))
     one = g.op("Squeeze", g.const([1]), g.const([0]))

@@ -167,6 +167,43 @@ def _scan(path: Path) -> tuple[dict[str, Path], dict[str, tuple[str, list[int]]]
     return where, info, sum(f.stat().st_size for f in files)
 
 
+# integer / 8-bit float weights: quantized codes, whose scales a dense checkpoint does not hold
+CODE_DTYPES = ("I8", "U8", "F8_E4M3", "F8_E5M2", "F8_E8M0", "F4")
+
+
+def check_dense_dtypes(path: Path, cfg: dict[str, Any]) -> None:
+    """Refuse a checkpoint whose config declares no quantization but whose weights are integer
+    or 8-bit float codes: transformers would cast the codes to floats and load a wreck without
+    a word. Headers only (``load_model`` calls it before building anything)."""
+    from safetensors import safe_open
+
+    if cfg.get("quantization_config") or not (
+        (path / INDEX).is_file() or (path / SINGLE).is_file()
+    ):
+        return
+    _mapped, files = _shards(path)
+    for f in files:
+        try:
+            with safe_open(str(f), framework="pt") as h:
+                odd = [
+                    (k, d)
+                    for k in h.keys()  # noqa: SIM118 - safe_open is not a dict
+                    if k.endswith("weight") and (d := h.get_slice(k).get_dtype()) in CODE_DTYPES
+                ]
+        except Exception as e:  # safetensors raises its own error types for a corrupt header
+            raise ModelLoadError(
+                f"{f} is not a readable safetensors file ({e})",
+                "restore the file from where the model came from",
+            ) from e
+        if odd:
+            raise ModelLoadError(
+                f"{path}: tensor {odd[0][0]} is {odd[0][1]} ({len(odd)} such in {f.name}) but "
+                "config.json declares no quantization: loading would read integer codes as weights",
+                "save the model in float32, float16 or bfloat16 "
+                "(model.to(torch.bfloat16).save_pretrained(DIR))",
+            )
+
+
 def open_lazy(path: str | Path, *, trust_remote_code: bool = False) -> LazyModel:
     """Open the Hugging Face directory ``path`` (safetensors, sharded or not) lazily."""
     from accelerate import init_empty_weights

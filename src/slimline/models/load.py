@@ -136,6 +136,9 @@ def _load_hf_dir(
             f"{path} has no tokenizer (none of {', '.join(TOKENIZER_FILES[:4])}, ...)",
             "save the tokenizer beside the weights: tokenizer.save_pretrained(DIR)",
         )
+    from slimline.models.lazy import check_dense_dtypes
+
+    check_dense_dtypes(path, cfg)  # int8 / float8 codes in a dense checkpoint: refused
     encoder = task == "encoder" or (task is None and _is_encoder_config(cfg))
     cls = AutoModel if encoder else AutoModelForCausalLM
     trust = remote_code_allowed(trust_remote_code)

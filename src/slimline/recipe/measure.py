@@ -9,6 +9,7 @@ the runner after it saves.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,6 +37,27 @@ def quality(
         suite="default" if vs_teacher else "ppl",
     )
     return {k: v for k, v in m.items() if k.startswith(tuple(suite.metrics))}
+
+
+@torch.no_grad()
+def suite(lm: Any, teacher: Any, cfg: EvalSuite, figures_dir: Path | None = None) -> dict[str, Any]:
+    """The recipe's evaluation suite (``eval.suite``) on ``lm`` against the baseline ``teacher``:
+    ``SuiteReport.to_dict()`` plus the extra ``eval.gates`` verdicts (each marked ``extra`` with
+    its line) and the gate lines themselves. Judged once, on the final model."""
+    from slimline.eval import check_gates, run_suite
+
+    assert cfg.suite is not None
+    r = run_suite(lm, suite=cfg.suite, reference=teacher, figures_dir=figures_dir)
+    d = r.to_dict()
+    for line in cfg.gates:
+        verdicts, notes = check_gates([line], r.metrics, r.reference)
+        d["verdicts"] += [{**v, "extra": line} for v in verdicts]
+        d["skipped"] += notes
+    d["gates"] = list(cfg.gates)
+    d["passed"] = all(v["passed"] for v in d["verdicts"]) and all(
+        any(v.get("extra") == line for v in d["verdicts"]) for line in cfg.gates
+    )
+    return d
 
 
 def params(model: nn.Module) -> dict[str, float]:

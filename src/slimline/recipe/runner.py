@@ -30,7 +30,7 @@ from slimline.profile.runtime import RssSampler
 from slimline.progress import track
 from slimline.recipe import measure
 from slimline.recipe.schema import Recipe, load_recipe
-from slimline.recipe.targets import Verdict, check_targets
+from slimline.recipe.targets import Verdict, check_targets, suite_verdicts
 from slimline.runstate import RUN_FILE, RUN_FORMAT, RUN_FORMAT_VERSION, is_run_dir, read_run_state
 
 
@@ -346,11 +346,21 @@ def run_recipe(
     from slimline.recipe.streamed import run_streamed, wants_stream
 
     if wants_stream(recipe):  # too large to hold twice: compressed and evaluated block by block
+        if recipe.eval.suite is not None:
+            raise ConfigError(
+                f"eval.suite {recipe.eval.suite!r} needs the final model and the baseline in "
+                "memory together, and this recipe runs streamed (block by block)",
+                "drop eval.suite and run `slimline eval ARTIFACT --reference MODEL` afterwards",
+            )
         return run_streamed(
             recipe, out, resume=resume, register=register, registry_home=registry_home,
             report=report, artifact_dir=Path(artifact_dir) if artifact_dir else None,
             threads=threads, manifest_extra=manifest_extra,
         )  # fmt: skip
+    from slimline.recipe import ranks
+
+    if not ranks.is_main():  # `accelerate launch -n N`: only the main process writes
+        return ranks.follow(recipe, out, registry_home=registry_home, threads=threads)
     run = _Run(recipe, out, threads=threads)
     run.check(resume)
     t_start = time.perf_counter()
@@ -405,6 +415,7 @@ def run_recipe(
     parent = done[-1]["digest"] if done else baseline["digest"]
 
     for i, cfg in enumerate(track(recipe.stages, "stages")):
+        ranks.before_stage(cfg)  # other processes join a training stage here (ranks.follow)
         if i < len(done):
             continue
         _seed(recipe.data.seed + i)
@@ -453,7 +464,8 @@ def run_recipe(
         _after_stage(i)
 
     final = done[-1]["metrics"] if done else baseline["metrics"]
-    verdicts = check_targets(recipe.targets, final, baseline["metrics"])
+    suite = _final_suite(run, lm, teacher, done, baseline, final)
+    verdicts = check_targets(recipe.targets, final, baseline["metrics"]) + suite_verdicts(suite)
     res = RunResult(out, recipe, baseline, done, final, verdicts, resumed_from=resumed)
     if run.replaced is not None:
         res.extra["replaced"] = run.replaced
@@ -471,6 +483,7 @@ def run_recipe(
         "data_fingerprint": _fingerprint(ctx),
         "seed": recipe.data.seed,
         "teacher": baseline["model"],
+        **({"suite": suite} if suite else {}),  # the registry's suite gates reuse it
         **(manifest_extra or {}),
     }
     info = _save(lm, art, manifest, baseline["digest"], registry_home)
@@ -485,7 +498,7 @@ def run_recipe(
                 into.update({k + tag: v for k, v in got.items() if isinstance(v, float)})
     # the final artifact's own size is what a user ships: re-check size with it
     final["size/bytes"] = float(info.size_bytes)
-    res.verdicts = check_targets(recipe.targets, final, baseline["metrics"])
+    res.verdicts = check_targets(recipe.targets, final, baseline["metrics"]) + suite_verdicts(suite)
     run.state.update(
         {
             "status": "finished",
@@ -511,7 +524,45 @@ def run_recipe(
         from slimline.report import write_report
 
         res.report, res.card = write_report(out)
+    ranks.barrier()  # the other processes of a launch exit once everything is written
     return res
+
+
+def _final_suite(
+    run: _Run,
+    lm: Any,
+    teacher: Any,
+    done: list[dict[str, Any]],
+    baseline: dict[str, Any],
+    final: dict[str, Any],
+) -> dict[str, Any] | None:
+    """The recipe's evaluation suite on the final model against the baseline, run once after the
+    last stage (kept in ``run.json`` and reused while the final model is the same); its metrics
+    join the final ones and its reference values the baseline's, where the recipe's own
+    measurements did not already name them."""
+    cfg = run.recipe.eval
+    if cfg.suite is None:
+        return None
+    key = {
+        "suite": cfg.suite,
+        "gates": list(cfg.gates),
+        "model_digest": done[-1]["digest"] if done else baseline["digest"],
+        "reference_digest": baseline["digest"],
+    }
+    old = run.state.get("suite") or {}
+    if any(old.get(k) != v for k, v in key.items()):
+        t0 = time.perf_counter()
+        rec = measure.suite(lm, teacher, cfg, run.dir / "suite")
+        rec["figures"] = [os.path.relpath(f, run.dir) for f in rec["figures"]]
+        rec.update(key, wall_s=round(time.perf_counter() - t0, 1))
+        run.state["suite"] = rec
+        run.save_state()
+    rec = run.state["suite"]
+    for k, v in rec["metrics"].items():
+        final.setdefault(k, v)
+    for k, v in rec["reference"].items():
+        baseline["metrics"].setdefault(k, v)
+    return rec
 
 
 def _after_stage(index: int) -> None:

@@ -33,7 +33,9 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -85,6 +87,50 @@ class EvalSuite(_Strict):
     # engine's figures carry its name (``latency/decode_tok_s@torch``), timed the same way
     latency: Latency | list[Latency] | None = Latency()
     every_stage: bool = True  # False: quality only on baseline and final model
+    # a named evaluation suite (``slimline.eval.suites``) run once on the final model against
+    # the baseline; its failed gates, and any extra ``gates`` lines, are missed targets
+    suite: str | None = None
+    gates: list[str] = []
+
+    @model_serializer(mode="wrap")
+    def _without_unset_suite(self, handler: Any) -> dict[str, Any]:
+        # a recipe without a suite keeps the digest it had before these fields existed
+        d = handler(self)
+        if d.get("suite") is None and not d.get("gates"):
+            d.pop("suite", None)
+            d.pop("gates", None)
+        return d
+
+    @field_validator("suite")
+    @classmethod
+    def _known_suite(cls, v: str | None) -> str | None:
+        if v is not None:
+            from slimline.eval.suites import get_suite
+
+            try:
+                get_suite(v)
+            except ConfigError as e:
+                raise ValueError(f"{e.problem}; {e.fix}") from e
+        return v
+
+    @field_validator("gates")
+    @classmethod
+    def _known_gates(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        from slimline.eval.suites import Gate, known_metric
+
+        if v and info.data.get("suite") is None:
+            raise ValueError("gates are judged on a suite's metrics: set eval.suite (e.g. default)")
+        for line in v:
+            try:
+                g = Gate.parse(line)
+            except ConfigError as e:
+                raise ValueError(f"{e.problem}; {e.fix}") from e
+            if not known_metric(g.metric):
+                raise ValueError(
+                    f"unknown metric {g.metric!r} in gate {line!r}; name one from DEVELOPING.md "
+                    "'Metric names' (e.g. kl/p99/python-docs, flip/cloze-shakespeare, passkey/2048)"
+                )
+        return v
 
     @field_validator("latency")
     @classmethod

@@ -116,7 +116,13 @@ def wants_stream(recipe: Recipe) -> bool:
         return False
     import psutil
 
-    if 2 * float32_bytes(d) <= AUTO_SHARE * psutil.virtual_memory().available:
+    from slimline.errors import ModelLoadError
+
+    try:
+        need = 2 * float32_bytes(d)
+    except ModelLoadError:  # a bad directory: the in-memory loader says what is wrong with it
+        return False
+    if need <= AUTO_SHARE * psutil.virtual_memory().available:
         return False
     try:
         check_streamable(recipe)
@@ -303,12 +309,11 @@ def run_streamed(
     from slimline.artifact.spec import read_manifest
     from slimline.artifact.stream import ArtifactStream
     from slimline.calib.stream import compress_streamed, copy_streamed
+    from slimline.core import set_threads
     from slimline.data import calibration_blocks, eval_blocks
     from slimline.models.lazy import open_lazy, open_lazy_artifact
     from slimline.recipe import runner as R
     from slimline.recipe.targets import check_targets
-
-    from slimline.core import set_threads
 
     set_threads(threads)
     check_streamable(recipe)
@@ -326,7 +331,9 @@ def run_streamed(
     cfg = recipe.stages[0]
     c = recipe.data.calibration
     calib = (
-        calibration_blocks(base.tokenizer, c.source, n=c.n, seq_len=c.seq_len, seed=recipe.data.seed)
+        calibration_blocks(
+            base.tokenizer, c.source, n=c.n, seq_len=c.seq_len, seed=recipe.data.seed
+        )
         if "calib" in cfg.requires()
         else None
     )

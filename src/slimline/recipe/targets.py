@@ -155,3 +155,61 @@ def quality_verdict(
     rel = value / base if base else float("nan")
     text = f"{metric} {_fmt(value)} ({rel:.3f} x baseline) {op} {how} = {_fmt(limit)}: {status}"
     return Verdict(target, metric, status, limit, value, text, base)
+
+
+def suite_verdicts(suite: dict[str, Any] | None) -> list[Verdict]:
+    """Verdicts of the recipe's evaluation suite (``measure.suite``'s record): one for the
+    suite's own gates (missed when any fails, naming them), one per extra ``eval.gates`` line
+    (missed when it fails, ``not measured`` when it matched no metric the suite produced)."""
+    if not suite:
+        return []
+    name = suite["suite"]
+    own = [v for v in suite["verdicts"] if not v.get("extra")]
+    failed = [v for v in own if not v["passed"]]
+    text = f"suite {name}: {len(own) - len(failed)}/{len(own)} gates passed" + (
+        "; failed: " + "; ".join(_gate_text(v) for v in failed) if failed else ""
+    )
+    status = MISSED if failed else MET if own else NOT_MEASURED  # no gate judged: never passes
+    if not own:
+        text = f"suite {name}: no gate could be judged ({'; '.join(suite.get('skipped') or []) or 'no metrics'})"
+    out = [Verdict(f"suite[{name}]", f"suite/{name}", status, None, None, text)]
+    for line in suite.get("gates") or []:
+        mine = [v for v in suite["verdicts"] if v.get("extra") == line]
+        target = f"suite[{name}] gate {line!r}"
+        if not mine:
+            out.append(
+                Verdict(
+                    target,
+                    line.split()[0],
+                    NOT_MEASURED,
+                    None,
+                    None,
+                    f"{target}: {_why(suite, line)}",
+                )
+            )
+            continue
+        bad = [v for v in mine if not v["passed"]]
+        worst = bad[0] if bad else mine[0]
+        out.append(
+            Verdict(
+                target,
+                worst["metric"],
+                MISSED if bad else MET,
+                _num(worst["limit"]),
+                _num(worst["value"]),
+                "; ".join(_gate_text(v) for v in (bad or mine)),
+            )
+        )
+    return out
+
+
+def _gate_text(v: dict[str, Any]) -> str:
+    lim = "—" if v["limit"] is None else _fmt(v["limit"])
+    return f"{v['metric']} {_fmt(v['value'])} vs {v['gate']} (limit {lim}): {MET if v['passed'] else MISSED}"
+
+
+def _why(suite: dict[str, Any], line: str) -> str:
+    notes = [s for s in suite.get("skipped") or [] if line in s or line.split()[0] in s]
+    return "not measured: " + (
+        "; ".join(notes) if notes else "the suite produced no metric it names"
+    )

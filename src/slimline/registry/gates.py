@@ -9,16 +9,30 @@ A gate is one line of text, e.g.::
 
 References: ``parent`` (the version's parent artifact), ``current`` (the version that holds the
 alias now), ``baseline`` (the version holding the ``baseline`` alias, else the lineage root).
+
+A gate line may also name an evaluation suite (``slimline.eval.suites``)::
+
+    suite default                         # every gate of the default suite, against the parent
+    suite default vs baseline             # ... against the baseline
+
+Its metrics are the ones the version's recipe run recorded against that same reference (the
+artifact's manifest), else the suite is run on the stored copies of both; the suite's own gates
+judge them, one result per verdict.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
+from slimline.errors import ConfigError
 from slimline.gates import Gate as BaseGate
 
 REFERENCES = ("parent", "current", "baseline")
+SUITE_REFERENCES = ("parent", "baseline")  # a suite compares two models: "current" may be none
+_SUITE_LINE = re.compile(r"^\s*suite\s+(?P<name>[A-Za-z0-9._-]+)(?:\s+vs\s+(?P<ref>\S+))?\s*$")
 
 
 class Gate(BaseGate):
@@ -166,6 +180,114 @@ def evaluate_gates(
                 ref_name,
                 ref_value,
                 detail=f"{g.metric} {value:.6g} {g.op} {t:.6g}{how}: {'pass' if ok else 'FAIL'}",
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class SuiteGate:
+    """``suite <name> [vs parent|baseline]``: the named evaluation suite's gates, on the version
+    against its parent (the default) or baseline."""
+
+    suite: str
+    ref: str = "parent"
+
+    @classmethod
+    def parse(cls, spec: str | SuiteGate) -> SuiteGate:
+        """A suite gate from its line (``suite default vs baseline``) or as it is; the suite
+        must exist (``ConfigError`` naming the ones that do)."""
+        if isinstance(spec, SuiteGate):
+            return spec
+        m = _SUITE_LINE.match(str(spec))
+        if not m:
+            raise ConfigError(
+                f"cannot read suite gate {spec!r}",
+                f"write `suite <name>` or `suite <name> vs {'|'.join(SUITE_REFERENCES)}`",
+            )
+        ref = m["ref"] or "parent"
+        if ref not in SUITE_REFERENCES:
+            raise ConfigError(
+                f"suite gate {spec!r}: a suite is judged against {' or '.join(SUITE_REFERENCES)}, "
+                f"not {ref!r}",
+                f"write `suite {m['name']} vs parent` or `suite {m['name']} vs baseline`",
+            )
+        from slimline.eval.suites import get_suite
+
+        get_suite(m["name"])
+        return cls(m["name"], ref)
+
+    def __str__(self) -> str:
+        return f"suite {self.suite} vs {self.ref}"
+
+
+def parse_gate(spec: str | dict[str, Any] | Gate | SuiteGate) -> Gate | SuiteGate:
+    """A promotion gate line: a metric gate, or a suite gate (a line that starts with ``suite``)."""
+    if isinstance(spec, SuiteGate) or (isinstance(spec, str) and spec.split()[:1] == ["suite"]):
+        return SuiteGate.parse(spec)
+    return Gate.parse(spec)
+
+
+def recorded_suite(
+    manifest: dict[str, Any], gate: SuiteGate, reference_digest: str
+) -> dict[str, Any] | None:
+    """The suite record a recipe run stored in the artifact's manifest, when it is this suite
+    against this very reference (else None: it must be run)."""
+    rec = manifest.get("suite")
+    if not isinstance(rec, dict) or rec.get("suite") != gate.suite:
+        return None
+    if rec.get("reference_digest") != reference_digest:
+        return None
+    if not isinstance(rec.get("metrics"), dict) or not isinstance(rec.get("reference"), dict):
+        return None
+    return rec
+
+
+def run_suite_gate(
+    gate: SuiteGate,
+    version: tuple[str, Path, dict[str, Any]],
+    reference: tuple[str, str, Path] | None,
+    load: Any,
+) -> list[GateResult]:
+    """One ``GateResult`` per verdict of the suite's gates for ``version`` (``(ref, stored path,
+    manifest)``) against ``reference`` (``(ref, digest, stored path)``, None when the version has
+    no such reference: skipped, as a metric gate is). ``load(path)`` gives a ``LoadedModel`` of
+    a stored copy (verified); it is called only when the run recorded no usable suite."""
+    from slimline.eval.suites import check_gates, get_suite, run_suite
+
+    line = str(gate)
+    if reference is None:
+        return [GateResult(line, f"suite/{gate.suite}", "skipped", reference=gate.ref,
+                           detail=f"{line}: no {gate.ref} version, gate skipped")]  # fmt: skip
+    ref_name, ref_digest, ref_path = reference
+    rec = recorded_suite(version[2], gate, ref_digest)
+    how = "recorded by its run"
+    if rec is None:
+        r = run_suite(load(version[1]), suite=gate.suite, reference=load(ref_path))
+        rec, how = {"metrics": r.metrics, "reference": r.reference}, "run now"
+    verdicts, notes = check_gates(
+        list(get_suite(gate.suite).gates), rec["metrics"], rec["reference"]
+    )
+    if not verdicts:
+        return [GateResult(line, f"suite/{gate.suite}", "fail", reference=gate.ref,
+                           reference_ref=ref_name,
+                           detail=f"{line}: no gate of the suite could be judged ({'; '.join(notes) or 'no metrics'})")]  # fmt: skip
+    out = []
+    for v in verdicts:
+        ok = bool(v["passed"])
+        lim = "—" if v["limit"] is None else f"{v['limit']:.6g}"
+        out.append(
+            GateResult(
+                f"{line}: {v['gate']}",
+                v["metric"],
+                "pass" if ok else "fail",
+                _num(v["value"]),
+                _num(v["limit"]),
+                gate.ref,
+                ref_name,
+                _num(rec["reference"].get(v["metric"])),
+                detail=f"{line} ({how}, {gate.ref} {ref_name}): {v['metric']} {v['value']:.6g} "
+                f"vs {v['gate']} = {lim}: {'pass' if ok else 'FAIL'}",
             )
         )
     return out

@@ -40,7 +40,15 @@ from slimline.artifact.keys import home_dir
 from slimline.artifact.spec import manifest_digest, read_manifest
 from slimline.artifact.verify import VerifyReport, verify_artifact
 from slimline.errors import ConfigError, IntegrityError, RegistryError
-from slimline.registry.gates import Gate, GateReport, GateResult, evaluate_gates
+from slimline.registry.gates import (
+    Gate,
+    GateReport,
+    GateResult,
+    SuiteGate,
+    evaluate_gates,
+    parse_gate,
+    run_suite_gate,
+)
 
 SCHEMA_VERSION = 2  # 2: the meta table (the database's id, which owns the store)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -543,11 +551,16 @@ class Registry:
     # --- gates, promotion, rollback ------------------------------------------------------------
 
     def set_gates(
-        self, alias: str, gates: list[str | dict[str, Any] | Gate], *, name: str | None = None
+        self,
+        alias: str,
+        gates: list[str | dict[str, Any] | Gate | SuiteGate],
+        *,
+        name: str | None = None,
     ) -> list[str]:
-        """The gates a version must pass to take ``alias`` (for every model, or only ``name``)."""
+        """The gates a version must pass to take ``alias`` (for every model, or only ``name``);
+        a ``suite <name> [vs parent|baseline]`` line adds an evaluation suite's gates."""
         self._check_alias(alias)
-        parsed = [str(Gate.parse(g)) for g in gates]
+        parsed = [str(parse_gate(g)) for g in gates]
         scope = f"{name}@{alias}" if name else alias
         with self._tx() as db:
             db.execute(
@@ -557,15 +570,17 @@ class Registry:
             self._audit(db, "set_gates", scope, gates=parsed)
         return parsed
 
-    def gates(self, alias: str, *, name: str | None = None) -> list[Gate]:
+    def gates(self, alias: str, *, name: str | None = None) -> list[Gate | SuiteGate]:
         with self._tx(write=False) as db:
             return self._gates(db, alias, name)
 
-    def _gates(self, db: sqlite3.Connection, alias: str, name: str | None) -> list[Gate]:
+    def _gates(
+        self, db: sqlite3.Connection, alias: str, name: str | None
+    ) -> list[Gate | SuiteGate]:
         for scope in ([f"{name}@{alias}"] if name else []) + [alias]:
             row = db.execute("SELECT gates FROM gates WHERE scope=?", (scope,)).fetchone()
             if row:
-                return [Gate.parse(g) for g in json.loads(row["gates"])]
+                return [parse_gate(g) for g in json.loads(row["gates"])]
         return []
 
     @staticmethod
@@ -586,6 +601,14 @@ class Registry:
     def _references(
         self, db: sqlite3.Connection, v: Version, alias: str
     ) -> dict[str, tuple[str, dict] | None]:
+        return {
+            k: (x.ref, x.metrics) if x else None
+            for k, x in self._reference_versions(db, v, alias).items()
+        }
+
+    def _reference_versions(
+        self, db: sqlite3.Connection, v: Version, alias: str
+    ) -> dict[str, Version | None]:
         parent = self._by_digest(db, v.parent, prefer_name=v.name)
         current = self._holder(db, v.name, alias)
         baseline = self._holder(db, v.name, "baseline")
@@ -598,18 +621,53 @@ class Registry:
                 seen.add(p.digest)
                 root = p
             baseline = root if root.id != v.id else None
-        return {
-            k: (x.ref, x.metrics) if x else None
-            for k, x in (("parent", parent), ("current", current), ("baseline", baseline))
-        }
+        return {"parent": parent, "current": current, "baseline": baseline}
 
-    def check_gates(self, ref: str, alias: str) -> list[GateResult]:
-        """Evaluate ``alias``'s gates for ``ref`` without moving anything."""
+    def check_gates(self, ref: str, alias: str, *, suite: str | None = None) -> list[GateResult]:
+        """Evaluate ``alias``'s gates (and ``suite``'s, see ``promote``) for ``ref`` without
+        moving anything."""
+        suites = self._suite_gates(ref, alias, suite)
         with self._tx(write=False) as db:
             v = self._resolve(db, ref)
-            return evaluate_gates(
-                self._gates(db, alias, v.name), v.metrics, self._references(db, v, alias)
+            plain = [g for g in self._gates(db, alias, v.name) if isinstance(g, Gate)]
+            results = evaluate_gates(plain, v.metrics, self._references(db, v, alias))
+        return results + self._suite_results(ref, alias, suites)
+
+    def _suite_gates(self, ref: str, alias: str, suite: str | None) -> list[SuiteGate]:
+        """The suite gates of ``alias`` for ``ref``'s model, plus ``suite`` (``NAME`` or ``NAME
+        vs baseline``) when given; a bad suite name fails here, before anything runs."""
+        extra = [SuiteGate.parse(f"suite {suite}")] if suite else []
+        name = self.get(ref).name
+        return [g for g in self.gates(alias, name=name) if isinstance(g, SuiteGate)] + extra
+
+    def _suite_results(self, ref: str, alias: str, suites: list[SuiteGate]) -> list[GateResult]:
+        """Each suite gate's results for ``ref``: from the suite its recipe run recorded against
+        the same reference, else by running the suite on the stored copies (slow: called
+        outside any transaction)."""
+        out: list[GateResult] = []
+        for g in suites:
+            with self._tx(write=False) as db:
+                v = self._resolve(db, ref)
+                r = self._reference_versions(db, v, alias)[g.ref]
+            out += run_suite_gate(
+                g,
+                (v.ref, v.path, read_manifest(v.path)),
+                None if r is None else (r.ref, r.digest, r.path),
+                self._loaded,
             )
+        return out
+
+    def _loaded(self, path: Path) -> Any:
+        """A stored copy as a ``LoadedModel`` (verified by this home's keys before it is built)."""
+        from slimline.artifact import load_artifact
+        from slimline.models import LoadedModel
+        from slimline.models.arch import get_arch
+
+        model, tokenizer, manifest = load_artifact(path, home=self.home)
+        model.eval()
+        arch = get_arch(model)
+        kind = manifest.get("kind") or arch.kind
+        return LoadedModel(model, tokenizer, arch, kind, str(path), path, manifest=manifest)
 
     def promote(
         self,
@@ -619,17 +677,23 @@ class Registry:
         force: bool = False,
         reason: str | None = None,
         trusted_keys: Any = None,
+        suite: str | None = None,
     ) -> GateReport:
         """Point ``alias`` of the version's model at it if every gate passes (or ``force`` with a
         ``reason``, which is audited). A blocked promotion is audited and returned with
         ``promoted=False``; check ``report.promoted``. The stored copy is verified first (digests
-        and signature): one that fails is never promoted, forced or not (``IntegrityError``)."""
+        and signature): one that fails is never promoted, forced or not (``IntegrityError``).
+
+        ``suite`` (``NAME`` or ``NAME vs baseline``) adds an evaluation suite's gates to the
+        alias's own, as a ``suite ...`` gate line does: judged on the metrics the version's run
+        recorded against that reference, else on a run of the suite now."""
         self._check_alias(alias)
         if force and not (reason and reason.strip()):
             raise ConfigError(
                 "--force needs a reason",
                 "say why the gates are overridden: --reason '...' (it goes to the audit log)",
             )
+        suites = self._suite_gates(ref, alias, suite)  # a bad suite name: refused right here
         checked = self.get(ref)
         rep_files = self._check_stored(checked, trusted_keys)  # outside the lock: hashing is slow
         if not rep_files.ok:
@@ -648,6 +712,7 @@ class Registry:
                 f"register the original artifact again (`slimline registry register PATH {checked.name}`): "
                 "a verified copy replaces the damaged one; then promote",
             )
+        suite_results = self._suite_results(checked.ref, alias, suites)  # slow: outside the lock
         with self._tx() as db:
             v = self._resolve(db, ref)
             if v.digest != checked.digest:
@@ -655,9 +720,9 @@ class Registry:
                     f"{ref} moved to another version while it was being verified",
                     "run the promotion again",
                 )
-            results = evaluate_gates(
-                self._gates(db, alias, v.name), v.metrics, self._references(db, v, alias)
-            )
+            plain = [g for g in self._gates(db, alias, v.name) if isinstance(g, Gate)]
+            results = evaluate_gates(plain, v.metrics, self._references(db, v, alias))
+            results += suite_results
             current = self._holder(db, v.name, alias)
             rep = GateReport(
                 v.ref,

@@ -12,7 +12,7 @@ from typing import Any
 from slimline.errors import InputError
 from slimline.outputs import check_output
 from slimline.report.card import SECTIONS, fmt, model_card
-from slimline.report.plots import heatmap, quality_vs_latency, quality_vs_size
+from slimline.report.plots import heatmap, quality_vs_latency, quality_vs_size, suite_figures
 
 REPORT, CARD = "report.html", "MODEL_CARD.md"
 
@@ -55,8 +55,9 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def render_html(state: dict[str, Any], card: str | None = None) -> str:
-    """The report as one HTML string (no external files: images are data URIs)."""
+def render_html(state: dict[str, Any], card: str | None = None, root: Path | None = None) -> str:
+    """The report as one HTML string (no external files: images are data URIs); ``root``, the
+    run dir, is where the evaluation suite's figures are read from."""
     from jinja2 import Environment, PackageLoader, select_autoescape
 
     env = Environment(
@@ -97,6 +98,8 @@ def render_html(state: dict[str, Any], card: str | None = None) -> str:
         verdicts=state.get("verdicts") or [],
         plots=plots,
         heatmaps=heat,
+        suite=state.get("suite"),
+        suite_figures=suite_figures(state, root),
         card=card if card is not None else model_card(state),
         fmt=fmt,
         show=show,
@@ -118,7 +121,7 @@ def write_report(run_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
     check_finished(state, root)
     check_output(root, replace=True, what="run dir")  # the report goes beside run.json
     card = model_card(state)
-    html = render_html(state, card)
+    html = render_html(state, card, root)
     _atomic_write(root / CARD, card)
     _atomic_write(root / REPORT, html)
     return root / REPORT, root / CARD

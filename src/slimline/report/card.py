@@ -16,6 +16,7 @@ SECTIONS = (
     "Objectives",
     "Where each method was applied",
     "Evaluations",
+    "Evaluation suite",
     "Hardware and engine of every latency",
     "Trade-offs",
     "Targets",
@@ -219,6 +220,10 @@ def model_card(state: dict[str, Any]) -> str:
             "",
         ]
 
+    out += ["## Evaluation suite", ""]
+    out += suite_section(state)
+    out.append("")
+
     out += ["## Hardware and engine of every latency", ""]
     out += engines_section(state)
     out.append("")
@@ -350,3 +355,32 @@ def engines_section(state: dict[str, Any]) -> list[str]:
 
 def _pct(v: Any) -> str:
     return f"{100 * v:.0f} %" if isinstance(v, (int, float)) else "—"
+
+
+def suite_section(state: dict[str, Any]) -> list[str]:
+    """The recipe's evaluation suite (``eval.suite``) on the final model: every gate's verdict
+    (metric, value, limit, passed), what could not be judged, and its figures."""
+    s = state.get("suite")
+    if not s:
+        return ["No evaluation suite ran (a recipe names one with `eval.suite`, e.g. `default`)."]
+    verdicts = s.get("verdicts") or []
+    failed = [v for v in verdicts if not v["passed"]]
+    out = [
+        f"Suite `{s['suite']}` on the final model against the baseline, once after the last "
+        f"stage ({fmt(s.get('wall_s'))} s): {len(verdicts) - len(failed)} of {len(verdicts)} "
+        f"gates passed"
+        + ("; failed: " + ", ".join(f"`{v['metric']}`" for v in failed) + "." if failed else "."),
+        "",
+        "| metric | value | baseline | limit | gate | passed |",
+        "|---|---|---|---|---|---|",
+    ]
+    ref = s.get("reference") or {}
+    for v in verdicts:
+        gate = v["gate"] + (" (recipe)" if v.get("extra") else "")
+        out.append(
+            f"| `{v['metric']}` | {fmt(v['value'])} | {fmt(ref.get(v['metric']))} | "
+            f"{fmt(v['limit'])} | `{gate}` | {'yes' if v['passed'] else '**no**'} |"
+        )
+    out += [f"- not judged: {x}" for x in s.get("skipped") or []]
+    out += [f"- figure: `{f}`" for f in s.get("figures") or []]
+    return out

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import re
+from pathlib import Path
 from typing import Any
 
 import matplotlib
@@ -156,3 +157,16 @@ def heatmap(record: Any, title: str) -> str | None:
     ax.set_title(f"{title}: {quantity} per layer", fontsize=9)
     fig.colorbar(im, ax=ax, label=quantity)
     return _png(fig)
+
+
+def suite_figures(state: dict[str, Any], root: Path | None) -> list[tuple[str, str]]:
+    """``(name, base64 PNG)`` of each figure the run's evaluation suite wrote (the reliability
+    diagram), read from the run dir ``root``; a figure that is gone is left out."""
+    if root is None:
+        return []
+    out = []
+    for rel in (state.get("suite") or {}).get("figures") or []:
+        f = Path(root) / rel
+        if f.suffix == ".png" and f.is_file():
+            out.append((f.stem, base64.b64encode(f.read_bytes()).decode()))
+    return out

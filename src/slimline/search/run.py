@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
@@ -22,7 +23,13 @@ from slimline.figures import save_png
 from slimline.recipe.schema import Recipe, load_recipe
 from slimline.recipe.targets import MET, MISSED, check_targets
 from slimline.search.cost import estimate, model_shape
-from slimline.search.space import COST_PREFIXES, apply_point, corner_points, directions
+from slimline.search.space import (
+    COST_PREFIXES,
+    apply_point,
+    base_stages,
+    corner_points,
+    directions,
+)
 from slimline.search.study import (
     STUDY_DB,
     Worker,
@@ -204,7 +211,7 @@ def check_reachable(recipe: Recipe, shape: Any) -> None:
     s = recipe.search
     if limit is None or s is None:
         return
-    stages = recipe.stage_dicts()
+    stages = base_stages(recipe)
     best: tuple[float, dict[str, Any]] | None = None
     for point in corner_points(s.space):
         try:
@@ -259,9 +266,15 @@ def run_search(
         )
     shape = model_shape(load_model(recipe.model))
     check_reachable(recipe, shape)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     url = storage_url(storage or recipe.search.storage, out)
-    study = create_study(recipe, url)
+    try:
+        study = create_study(recipe, url)
+    except BaseException:
+        if created:  # a storage that does not open leaves nothing behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     procs = [_spawn_worker(study.study_name, url, out, i, threads) for i in range(1, workers)]
     try:
         Worker(
@@ -347,11 +360,13 @@ def _primary_latency(recipe: Recipe) -> Any:
     return lat[0] if isinstance(lat, list) else lat
 
 
-def _cost(t: TrialResult, run_dir: Path, recipe: Recipe) -> dict[str, Any]:
+def _cost(t: TrialResult, recipe: Recipe, home: Any) -> dict[str, Any]:
     """Engine cost of a trial's artifact, measured once and kept in its run dir."""
     import json
 
-    from slimline.models import load_model
+    from slimline.artifact import load_artifact
+    from slimline.models import LoadedModel
+    from slimline.models.arch import get_arch
     from slimline.recipe import measure
     from slimline.recipe.runner import _write_json
 
@@ -362,7 +377,10 @@ def _cost(t: TrialResult, run_dir: Path, recipe: Recipe) -> dict[str, Any]:
         held = json.loads(f.read_text())
         if held.get("latency") == lat.model_dump():
             return held["metrics"]
-    m = measure.cost(load_model(t.artifact), lat)
+    path = Path(t.artifact)
+    model, tok, manifest = load_artifact(path, home=home)  # verified by the key that signed it
+    lm = LoadedModel(model, tok, get_arch(model), "causal-lm", str(path), path, manifest)
+    m = measure.cost(lm, lat)
     _write_json(f, {"latency": lat.model_dump(), "metrics": m})
     return m
 
@@ -412,7 +430,7 @@ def finish(
         layers = front_layers(distinct, cheap)
         for layer in layers[: 1 + s.near_front]:
             for t in layer:
-                t.metrics.update(_cost(t, run_dir, recipe))
+                t.metrics.update(_cost(t, recipe, registry_home))
                 t.cost_measured = True
     for t in trials:
         if t.same_as is not None:

@@ -82,6 +82,17 @@ def _values(key: str, spec: Any) -> list[Any]:
     )
 
 
+def base_stages(recipe: Recipe) -> list[dict[str, Any]]:
+    """The recipe's stages as written (``{kind: params it sets}``), defaults left out: a searched
+    value then never clashes with a default the user never chose (``grid`` vs ``bits``)."""
+    return [{s.kind: s.model_dump(mode="json", exclude_unset=True)} for s in recipe.stages]
+
+
+def recipe_data(recipe: Recipe) -> dict[str, Any]:
+    """``recipe`` as plain data with its stages as written, to store with a study."""
+    return {**recipe.to_dict(), "stages": base_stages(recipe)}
+
+
 def validate_space(stages: list[dict[str, Any]], space: dict[str, Any]) -> None:
     """Refuse a space that names a stage or parameter that does not exist, an empty range, or a
     value the technique's config refuses (checked one value at a time on the recipe's stage)."""
@@ -142,7 +153,7 @@ def validate_search(recipe: Recipe) -> None:
     """The whole ``search:`` section against the recipe: space, objectives, targets."""
     s = recipe.search
     assert s is not None
-    validate_space(recipe.stage_dicts(), s.space)
+    validate_space(base_stages(recipe), s.space)
     if not s.objectives:
         raise ConfigError(
             "a search needs at least one objective",

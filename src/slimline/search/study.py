@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import socket
@@ -34,7 +35,14 @@ from slimline.core import TechniqueConfig
 from slimline.errors import ConfigError, SlimlineError
 from slimline.recipe.schema import Recipe, Targets, parse_recipe
 from slimline.search.cost import Estimate, Shape, estimate, model_shape
-from slimline.search.space import COST_PREFIXES, directions, point_key, suggest
+from slimline.search.space import (
+    COST_PREFIXES,
+    base_stages,
+    directions,
+    point_key,
+    recipe_data,
+    suggest,
+)
 
 log = logging.getLogger("slimline")
 
@@ -96,10 +104,26 @@ def cheap_objectives(recipe: Recipe) -> dict[str, str]:
     return cheap or {"size/bytes": "minimize"}
 
 
+def study_digest(recipe: Recipe) -> str:
+    """What decides a study's trials: the work of the recipe, the space, the objectives, the
+    seed and the size limit that prunes. Not the budget: a larger budget goes on with the same
+    study, keeping its finished trials."""
+    s = recipe.search
+    assert s is not None
+    key = {
+        "work": recipe.model_copy(update={"search": None}).work_digest(),
+        "space": s.space,
+        "objectives": s.objectives,
+        "seed": s.seed,
+        "max_size_mb": recipe.targets.max_size_mb,
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
 def study_name(recipe: Recipe) -> str:
     s = recipe.search
     assert s is not None
-    return s.study or f"{recipe.name}-{recipe.work_digest()[:12]}"
+    return s.study or f"{recipe.name}-{study_digest(recipe)[:12]}"
 
 
 def create_study(recipe: Recipe, url: str) -> Any:
@@ -118,13 +142,13 @@ def create_study(recipe: Recipe, url: str) -> Any:
         load_if_exists=True,
     )
     held = study.user_attrs.get(RECIPE_ATTR)
-    if held is None:
-        study.set_user_attr(RECIPE_ATTR, recipe.to_dict())
-    elif parse_recipe(held).work_digest() != recipe.work_digest():
+    if held is not None and study_digest(parse_recipe(held)) != study_digest(recipe):
         raise ConfigError(
             f"study {name!r} at {url} holds another recipe ({held.get('name')!r})",
             "name another study (search.study), or use another storage / run dir",
         )
+    if held != recipe_data(recipe):  # new, or a new budget: joining workers read it from here
+        study.set_user_attr(RECIPE_ATTR, recipe_data(recipe))
     return study
 
 
@@ -231,7 +255,7 @@ class Worker:
         s = self.recipe.search
         assert s is not None
         self.space = s.space
-        self.stages = self.recipe.stage_dicts()
+        self.stages = base_stages(self.recipe)
         self.objectives = cheap_objectives(self.recipe)
         n = s.budget.trials or 20
         self.study.sampler = optuna.samplers.TPESampler(
@@ -402,7 +426,8 @@ def _is_num(v: Any) -> bool:
 
 def trial_recipe(recipe: Recipe, stages: list[TechniqueConfig], number: int) -> Recipe:
     """The plain recipe one trial runs: the point's stages, no search, latency off (and the
-    latency/memory targets with it: they are judged after the engine measures the front)."""
+    latency/memory targets with it: they are judged after the engine measures the front). Its
+    name stays the recipe's, so every trial's baseline is the same artifact (one digest)."""
     t = recipe.targets
     targets = Targets(
         max_size_mb=t.max_size_mb,
@@ -411,7 +436,6 @@ def trial_recipe(recipe: Recipe, stages: list[TechniqueConfig], number: int) -> 
         },
     )
     update: dict[str, Any] = {
-        "name": f"{recipe.name}-trial{number}",
         "stages": stages,
         "search": None,
         "targets": targets,
