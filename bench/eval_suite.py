@@ -31,6 +31,7 @@ from rich.table import Table
 from slimline.data import calibration_blocks, train_blocks
 from slimline.distill import DistillConfig, angular_importance, drop_blocks, train
 from slimline.eval import TorchEngine, run_suite
+from slimline.metrics import direction
 from slimline.models import load_model
 from slimline.prune import Wanda, prune
 from slimline.quant import Gptq, Rtn, quantize
@@ -50,10 +51,12 @@ def moved_most(metrics: dict[str, float], ref: dict[str, float]) -> tuple[str, f
     """The metric whose value differs most, relatively, from the reference's on the same items
     (metrics without a reference value, e.g. flips, are themselves a difference: left out)."""
     rel = [
-        (abs(metrics[k] / ref[k] - 1), k) for k in metrics if k in ref and ref[k] not in (0, 0.0)
+        (abs(metrics[k] / ref[k] - 1), k)
+        for k in metrics
+        if k in ref and ref[k] not in (0, 0.0) and direction(k) is not None  # not stderr/*
     ]
-    if not rel:
-        return None
+    if not rel or max(rel)[0] == 0:
+        return None  # nothing moved (the reference against itself)
     r, k = max(rel)
     return k, r
 
@@ -200,10 +203,10 @@ def markdown(res: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
-        mm = r["moved_most"]
+        mm = moved_most(r["metrics"], r["reference"])
         moved = "—"
         if mm:
-            k = mm["metric"]
+            k = mm[0]
             moved = f"`{k}` {_v(r['metrics'][k])} / {_v(r['reference'][k])}"
         failed = ", ".join(f"`{f}`" for f in r["failed"]) or "none"
         lines.append(
@@ -273,7 +276,11 @@ def main() -> None:
     p.add_argument("--distill-steps", type=int, default=80, help="KD+CE steps of the student")
     p.add_argument("--markdown", help="write the tables here")
     p.add_argument("--json", help="write every number here")
+    p.add_argument("--render", help="only print the markdown of an earlier run's --json")
     args = p.parse_args()
+    if args.render:
+        print(markdown(json.loads(Path(args.render).read_text())), end="")
+        return
 
     def save(res: dict[str, Any]) -> None:
         res.setdefault("utc_end", "(running)")

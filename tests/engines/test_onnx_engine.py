@@ -105,6 +105,8 @@ def test_profile_cli_runs_on_onnxruntime(tiny_onnx, tiny_llama_dir):
         assert prof["env"]["version"] == onnxruntime.__version__ and prof["env"]["threads"] == 1
         assert prof["metrics"]["latency/decode_tok_s"] > 0
         assert prof["metrics"]["latency/prefill_ms"] > 0
+        # at least the tied embedding (>= 400 x 64 fp32), read in full as the head
+        assert prof["metrics"]["latency/bytes_per_token"] > 400 * 64 * 4
         assert prof["file"] == (
             str(model) if model == tiny_onnx else "temporary onnxruntime export"
         )

@@ -45,4 +45,8 @@ def test_latency_is_measured_near_the_front_only_and_decides_the_targets(tiny_di
         cost_file = tmp_path / "s" / "trials" / f"{t.number:04d}" / "cost.json"
         assert cost_file.exists() == has
     assert res.best is not None and res.best.number in measured
+    for t in res.trials:  # a reused point is judged on its twin's measurements, latency too
+        if t.same_as is not None:
+            twin = next(o for o in res.trials if o.number == t.same_as)
+            assert t.feasible == twin.feasible and t.metrics == twin.metrics
     assert {t.number for t in res.front} <= measured

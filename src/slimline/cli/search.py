@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from slimline.cli._common import emit_json, out
@@ -75,8 +76,9 @@ def print_search(res: Any) -> None:
     objs = list(res.objectives)
     keys = sorted({k for t in res.trials for k in t.params})
     t = Table(title=f"search {res.study}: {len(res.trials)} finished, front of {len(on_front)}")
-    for c in ["trial", *keys, *objs, "front", "targets"]:
-        t.add_column(c)
+    heads = [f"stage {k} present" if k.isdigit() else k for k in keys]
+    for c in ["trial", *heads, *objs, "front", "targets"]:
+        t.add_column(escape(c))
     for tr in sorted(res.trials, key=lambda x: x.number):
         t.add_row(
             str(tr.number) + (f" (= {tr.same_as})" if tr.same_as is not None else ""),
@@ -87,14 +89,14 @@ def print_search(res: Any) -> None:
         )
     out.print(t)
     for p in res.pruned:
-        out.print(f"trial {p['trial']} pruned: {p['reason']}")
+        out.print(escape(f"trial {p['trial']} pruned: {p['reason']}"))
     for f in res.failed:
-        out.print(f"trial {f['trial']} failed: {f['reason']}")
+        out.print(escape(f"trial {f['trial']} failed: {f['reason']}"))
     if res.best is not None:
         b = res.best
         out.print(
-            f"[green]best trial meeting every target: {b.number}[/] {b.params}"
-            + (f" -> registered {b.registered}" if b.registered else "")
+            f"[green]best trial meeting every target: {b.number}[/] "
+            + escape(str(b.params) + (f" -> registered {b.registered}" if b.registered else ""))
         )
     else:
         out.print("[red]no trial meets every target[/]; nearest:")
@@ -103,7 +105,7 @@ def print_search(res: Any) -> None:
                 f"{g['target']} by {g['gap']:.1%}" if g["gap"] is not None else g["text"]
                 for g in n["misses"]
             )
-            out.print(f"  trial {n['trial']} {n['params']}: {misses}")
+            out.print(escape(f"  trial {n['trial']} {n['params']}: {misses}"))
     if res.plot:
         out.print(f"front plot: {res.plot}")
     out.print(f"summary: {res.summary}\nstudy: {res.study} at {res.storage}")

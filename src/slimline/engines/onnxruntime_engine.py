@@ -75,6 +75,7 @@ class _Session:
             )
         self.family = meta.get("slimline.family", "?")
         self.max_positions = int(meta.get("slimline.max_positions", "0") or 0)
+        self._bytes_per_token = int(meta.get("slimline.bytes_per_token", "0") or 0) or None
 
     @property
     def version(self) -> str:
@@ -100,6 +101,10 @@ class OnnxRuntimeEngine(_Session, Engine):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "family": self.family}
+
+    def bytes_per_token(self) -> int | None:
+        """Weight bytes one decoded token reads, counted by the export (``engines.bound``)."""
+        return self._bytes_per_token
 
     def _fits(self, n: int) -> None:
         if self.max_positions and n > self.max_positions:

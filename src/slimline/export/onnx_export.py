@@ -124,6 +124,7 @@ class _Graph:
         self.inits: dict[str, Any] = {}
         self.n = 0
         self.layers: dict[str, dict[str, Any]] = {}
+        self.gathered: set[str] = set()  # tables a token reads one row of (embeddings)
 
     def init(self, name: str, arr: np.ndarray | torch.Tensor) -> str:
         from onnx import numpy_helper
@@ -342,6 +343,7 @@ def _head(g: _Graph, model: nn.Module, arch: Any, x: str) -> str:
     head = model.get_submodule(arch.lm_head)
     if arch.tied(model) and type(head) is nn.Linear:  # one copy of the matrix in the file
         w = g.init(f"{arch.embed}.weight", model.get_submodule(arch.embed).weight.float())
+        g.gathered.discard(w)  # read in full as the head
         return g.op("MatMul", x, g.op("Transpose", w, perm=[1, 0]))
     return g.linear(x, head, arch.lm_head)
 
@@ -353,6 +355,7 @@ def _embedding(g: _Graph, model: nn.Module, path: str, ids: str) -> str:
             f"ONNX export reads embeddings from nn.Embedding, not {type(emb).__name__} ({path})",
             "keep the embeddings unquantized for ONNX export",
         )
+    g.gathered.add(f"{path}.weight")
     return g.op("Gather", g.init(f"{path}.weight", emb.weight.float()), ids)
 
 
@@ -594,10 +597,13 @@ def build_onnx(model: nn.Module) -> tuple[Any, dict[str, Any]]:
     max_pos = getattr(
         model.config, "max_position_embeddings", getattr(model.config, "n_positions", 0)
     )
+    # weight bytes one decoded token reads (``engines.bound``): all but one row of each embedding
+    per_token = sum(len(t.raw_data) for n, t in g.inits.items() if n not in g.gathered)
     meta = {
         "slimline.kind": kind,
         "slimline.family": family,
         "slimline.max_positions": str(max_pos),
+        "slimline.bytes_per_token": str(per_token),
     }
     helper.set_model_props(proto, meta)
     ops = [v["op"] for v in g.layers.values()]

@@ -163,38 +163,53 @@ def plot_front(
         )
     x = x or ("size/bytes" if "size/bytes" in names else names[1])
     y = y or next(n for n in names if n != x)
-    pts = [t for t in result.trials if _finite(t.metrics.get(x)) and _finite(t.metrics.get(y))]
+    pts = [
+        t
+        for t in result.trials
+        if t.same_as is None and _finite(t.metrics.get(x)) and _finite(t.metrics.get(y))
+    ]
+    sx = 1e-6 if x == "size/bytes" else 1.0  # bytes drawn as MB
+    sy = 1e-6 if y == "size/bytes" else 1.0
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
-    ax.scatter([t.metrics[x] for t in pts], [t.metrics[y] for t in pts], c="#bbb", label="trial")
+    ax.scatter(
+        [t.metrics[x] * sx for t in pts], [t.metrics[y] * sy for t in pts], c="#bbb", label="trial"
+    )
     for t in pts:
-        ax.annotate(str(t.number), (t.metrics[x], t.metrics[y]), fontsize=7, alpha=0.7)
+        ax.annotate(f" {t.number}", (t.metrics[x] * sx, t.metrics[y] * sy), fontsize=8, alpha=0.8)
     front = sorted(
         [t for t in result.front if t in pts], key=lambda t: (t.metrics[x], t.metrics[y])
     )
+    # on two objectives the front is a staircase to join; on more, its members are marked only
+    # (a point can be on the front through an objective this plane does not show)
     ax.plot(
-        [t.metrics[x] for t in front],
-        [t.metrics[y] for t in front],
-        "o-",
+        [t.metrics[x] * sx for t in front],
+        [t.metrics[y] * sy for t in front],
+        "o-" if len(names) == 2 else "o",
         c="#1f6feb",
-        label=f"Pareto front ({', '.join(names)})" if len(names) > 2 else "Pareto front",
+        label="Pareto front" if len(names) == 2 else f"on the front of all {len(names)} objectives",
     )
     if result.best is not None and result.best in pts:
         ax.scatter(
-            [result.best.metrics[x]],
-            [result.best.metrics[y]],
+            [result.best.metrics[x] * sx],
+            [result.best.metrics[y] * sy],
             s=160,
             facecolors="none",
             edgecolors="#d1242f",
             linewidths=2,
             label="chosen (meets every target)",
         )
-    for metric, value in (limits or {}).items():
-        if metric == x:
-            ax.axvline(value, ls="--", c="#d1242f", lw=1)
-        elif metric == y:
-            ax.axhline(value, ls="--", c="#d1242f", lw=1)
-    ax.set_xlabel(x)
-    ax.set_ylabel(y)
+    drawn = [(m, v) for m, v in (limits or {}).items() if m in (x, y)]
+    for i, (metric, value) in enumerate(drawn):
+        line = ax.axvline if metric == x else ax.axhline
+        line(
+            value * (sx if metric == x else sy),
+            ls="--",
+            c="#d1242f",
+            lw=1,
+            label="target" if i == 0 else None,
+        )
+    ax.set_xlabel("size (MB)" if sx != 1 else x)
+    ax.set_ylabel("size (MB)" if sy != 1 else y)
     ax.legend(frameon=False, fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -432,14 +447,15 @@ def finish(
             for t in layer:
                 t.metrics.update(_cost(t, recipe, registry_home))
                 t.cost_measured = True
+    for t in trials:  # a reused point has its twin's measurements, engine costs included
+        twin = next((o for o in distinct if o.number == t.same_as), None)
+        if twin is not None:
+            t.metrics, t.cost_measured = dict(twin.metrics), twin.cost_measured
     for t in trials:
-        if t.same_as is not None:
-            twin = next((o for o in distinct if o.number == t.same_as), None)
-            if twin is not None:
-                t.metrics, t.cost_measured = twin.metrics, twin.cost_measured
         v = check_targets(recipe.targets, t.metrics, baselines.get(t.number, {}))
         t.verdicts = [x.to_dict() for x in v]
         t.feasible = all(x.met for x in v)
+    for t in trials:  # the engine setup (a dict) stays in the verdicts' text and cost.json
         t.metrics = {k: x for k, x in t.metrics.items() if _finite(x)}
     front = pareto_front(distinct, objectives)
     ok = [t for t in distinct if t.feasible and all(_finite(t.metrics.get(m)) for m in objectives)]
@@ -465,6 +481,10 @@ def finish(
         limits = {}
         if recipe.targets.max_size_mb is not None:
             limits["size/bytes"] = recipe.targets.max_size_mb * 1e6
+        if recipe.targets.min_decode_tok_s is not None:
+            limits["latency/decode_tok_s"] = recipe.targets.min_decode_tok_s.value
+        if recipe.targets.max_prefill_ms is not None:
+            limits["latency/prefill_ms"] = recipe.targets.max_prefill_ms.value
         res.plot = plot_front(res, run_dir / PLOT, limits=limits)
     res.summary = run_dir / SUMMARY
     _write_json(res.summary, res.to_dict())

@@ -439,7 +439,8 @@ def trial_recipe(recipe: Recipe, stages: list[TechniqueConfig], number: int) -> 
         "stages": stages,
         "search": None,
         "targets": targets,
-        "eval": recipe.eval.model_copy(update={"latency": None}),
+        # quality on the baseline and the final model only: a trial is judged by its end point
+        "eval": recipe.eval.model_copy(update={"latency": None, "every_stage": False}),
     }
     if "export" in Recipe.model_fields:
         update["export"] = []
