@@ -23,7 +23,7 @@ EXPORTS_DIR = "exports"
 
 
 def _file_name(fmt: str) -> str:
-    return {"gguf": "model.gguf"}[fmt]
+    return {"gguf": "model.gguf", "onnx": "model.onnx"}[fmt]
 
 
 def _export(fmt: str, lm: Any, path: Path, spec: Export, name: str) -> dict[str, Any]:
@@ -40,6 +40,10 @@ def _export(fmt: str, lm: Any, path: Path, spec: Export, name: str) -> dict[str,
             threads=spec.threads,
             name=name,
         ).record
+    if fmt == "onnx":
+        from slimline.export import export_onnx
+
+        return export_onnx(lm.model, lm.tokenizer, path, threads=spec.threads).record
     raise AssertionError(fmt)  # the schema admits only EXPORT_FORMATS
 
 
@@ -137,7 +141,7 @@ def run_exports(run: Any, lm: Any, teacher: Any, art: Any, home: Any) -> list[di
                         metrics[f"{k}/vs_baseline"] = v / base[k]
             engine = metrics.pop("engine", None) or rec.get("verify", {}).get("engine")
             info = save_export_artifact(
-                {f.name: f, f.name + ".json": f.with_name(f.name + ".json")},
+                {p.name: p for p in sorted(Path(tmp).iterdir()) if p.is_file()},
                 dest,
                 fmt=fmt,
                 manifest={

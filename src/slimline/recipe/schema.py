@@ -215,7 +215,7 @@ def parse_quality_limit(metric: str, limit: float | str) -> tuple[str, float]:
     return "ratio", float(limit)
 
 
-EXPORT_ENGINES = {"gguf": "llamacpp"}  # format -> the engine that runs and verifies it
+EXPORT_ENGINES = {"gguf": "llamacpp", "onnx": "onnxruntime"}  # format -> engine that runs it
 EXPORT_FORMATS = tuple(EXPORT_ENGINES)
 
 
@@ -224,8 +224,10 @@ class Export(_Strict):
     child of the artifact: ``export: [{format: gguf}]``."""
 
     format: str
-    qtype: str | None = None  # dense weights (GGUF: f32 | f16 | q8_0 | ...; None = the default)
-    embed_type: str = "auto"  # GGUF: token embedding / tied head type (auto = as llama.cpp)
+    # GGUF only: dense weights (f32 | f16 | q8_0 | ...; None = the default), token embedding /
+    # tied head type (auto = as llama.cpp). ONNX keeps dense weights fp32, grids as MatMulNBits
+    qtype: str | None = None
+    embed_type: str = "auto"
     threads: int = Field(2, ge=1)  # engine threads for verification and evaluation
     # quality inside the engine on the recipe's eval windows, beside the baseline's f32 file
     evaluate: bool = True
@@ -236,6 +238,12 @@ class Export(_Strict):
         if v not in EXPORT_FORMATS:
             raise ValueError(f"unknown export format {v!r}; formats: {', '.join(EXPORT_FORMATS)}")
         return v
+
+    @model_validator(mode="after")
+    def _gguf_types(self) -> Export:
+        if self.format != "gguf" and (self.qtype is not None or self.embed_type != "auto"):
+            raise ValueError(f"qtype and embed_type are GGUF settings, not {self.format}'s")
+        return self
 
 
 class SearchBudget(_Strict):
