@@ -145,3 +145,159 @@ def test_technique_applies_grid_weights_and_kl_metric(smollm2_2blocks, calib, tm
     assert len(kl.errors) == 14  # 7 linears in each of the 2 blocks; lm_head ignored
     for name, e in kl.errors.items():
         assert e[2] > 10 * e[8] >= 0, (name, e)
+
+
+# --- GGUF grids as the options (a Q4_K_M-style mix that exports bit-exact) ---------------------
+
+GRID_MIX = ["gguf-q8_0", "gguf-q4_k", "gguf-q4_0"]
+
+
+@pytest.fixture(scope="module")
+def lm256(tiny_bpe):
+    return tiny_bpe.small_vocab_model(hidden=256)  # every linear 256 wide: K-quants fit
+
+
+@pytest.fixture(scope="module")
+def calib256(lm256):
+    from slimline.data import calibration_blocks
+
+    return calibration_blocks(lm256.tokenizer, n=4, seq_len=64, seed=0)
+
+
+@pytest.fixture(scope="module")
+def gsens(lm256, calib256):
+    return layer_sensitivity(lm256.model, calib256, grids=GRID_MIX)
+
+
+def test_grid_costs_are_ggml_block_sizes():
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    from slimline.quant.grid import GRIDS
+    from slimline.quant.mixed import GGUF_BLOCK_BYTES, grid_bits_cost
+
+    assert set(GGUF_BLOCK_BYTES) == set(GRIDS)
+    for g, sizes in GGUF_BLOCK_BYTES.items():
+        assert sizes == GGML_QUANT_SIZES[GGMLQuantizationType[g.removeprefix("gguf-").upper()]]
+    bpw = {g: grid_bits_cost((1, 256), g) / 256 for g in GRIDS}
+    assert bpw == {
+        "gguf-q8_0": 8.5,
+        "gguf-q6_k": 6.5625,
+        "gguf-q5_k": 5.5,
+        "gguf-q5_0": 5.5,
+        "gguf-q5_1": 6.0,
+        "gguf-q4_k": 4.5,
+        "gguf-q4_0": 4.5,
+        "gguf-q4_1": 5.0,
+    }
+
+
+def test_grid_allocation_mixes_grids_within_budget_and_beats_uniform(gsens):
+    from slimline.quant.mixed import grid_bits_cost
+
+    assert gsens.options == ("gguf-q8_0", "gguf-q4_k", "gguf-q4_0")  # widest first
+    assert len(gsens.errors) == 14
+    for name, e in gsens.errors.items():
+        assert set(e) == set(GRID_MIX) and e["gguf-q4_0"] > e["gguf-q8_0"] > 0, (name, e)
+    budget = budget_from_avg_bits(gsens, 6.0)  # between Q4_K/Q4_0 (4.5) and Q8_0 (8.5)
+    alloc = allocate_bits(gsens, budget)
+    uni = uniform_allocation(gsens, budget)
+    assert alloc.exact and alloc.size_bits <= budget
+    assert alloc.size_bits == sum(
+        grid_bits_cost(gsens.shapes[n], g) for n, g in alloc.grids.items()
+    )
+    assert set(alloc.grids) == set(alloc.bits) and len(set(alloc.grids.values())) > 1
+    assert {alloc.bits[n] for n, g in alloc.grids.items() if g == "gguf-q8_0"} == {8}
+    # uniform: the best equally wide 4-bit grid for every layer (8.5 bits/weight does not fit)
+    assert len(set(uni.grids.values())) == 1 and uni.bits[next(iter(uni.bits))] == 4
+    # measured summed output error: uniform Q4_K 48.7, mixed 25.2 at 6.0 bits/weight
+    assert alloc.total_error < 0.8 * uni.total_error, (alloc.total_error, uni.total_error)
+    # the wide grid goes to the layers whose 4-bit error per stored bit it saves most
+    gain = {
+        n: (e["gguf-q4_k"] - e["gguf-q8_0"]) / gsens.cost(n, "gguf-q8_0")
+        for n, e in gsens.errors.items()
+    }
+    wide = [gain[n] for n, g in alloc.grids.items() if g == "gguf-q8_0"]
+    narrow = [gain[n] for n, g in alloc.grids.items() if g != "gguf-q8_0"]
+    assert sum(wide) / len(wide) > sum(narrow) / len(narrow), (wide, narrow)
+
+
+def test_grid_mix_quantizes_as_rtn_and_exports_bit_exact(lm256, calib256, tmp_path):
+    from rich.console import Console
+
+    from slimline.export import export_gguf
+    from slimline.quant import Rtn, quantize
+    from slimline.quant.linear import QuantLinear
+
+    lm = copy.deepcopy(lm256)
+    cfg = MixedPrecision(grids=GRID_MIX, avg_bits=6.0, plot="grids.png")
+    assert cfg.size_effect().bits == 4
+    assert make_config("quant.mixed", cfg.model_dump(mode="json")) == cfg  # round-trips
+    rec = apply_technique(lm.model, cfg, Context(calib=calib256, workdir=tmp_path)).details
+    assert rec["size_bytes"] <= rec["budget_bytes"] and len(set(rec["grids"].values())) > 1
+    assert rec["total_error"] < rec["uniform_error"]
+    assert (tmp_path / "grids.png").read_bytes()[:4] == b"\x89PNG"
+    # each layer is exactly what quant.rtn with that grid makes of it
+    for g in set(rec["grids"].values()):
+        ref = copy.deepcopy(lm256.model)
+        quantize(ref, Rtn(grid=g))
+        for name, lg in rec["grids"].items():
+            if lg == g:
+                q = lm.model.get_submodule(name)
+                assert isinstance(q, QuantLinear) and q.scheme.grid == g, name
+                want = ref.get_submodule(name).dequantized_weight()
+                assert torch.equal(q.dequantized_weight(), want), name
+    # llama.cpp loads it (verify) and every mixed layer is written from our codes, unrounded
+    res = export_gguf(lm.model, lm.tokenizer, tmp_path / "mix.gguf", verify=True)
+    blk = [n for n in res.record["exact"] if n.startswith("blk.")]
+    assert len(blk) == 14 and res.record["requantized"] == {}
+    types = {res.record["tensor_types"][n] for n in blk}
+    assert types == {g.removeprefix("gguf-") for g in rec["grids"].values()}, types
+    # the allocation's size is what the file stores for these tensors
+    from gguf import GGUFReader
+
+    held = sum(int(t.n_bytes) for t in GGUFReader(res.path).tensors if t.name in blk)
+    assert held == rec["size_bytes"]
+    console = Console(record=True, width=140)
+    alloc = allocate_bits(
+        layer_sensitivity(lm256.model, calib256, grids=GRID_MIX), int(rec["budget_bytes"] * 8)
+    )
+    console.print(allocation_table(alloc))
+    assert "gguf-q8_0" in console.export_text()
+
+
+def test_grid_that_cannot_take_a_width_is_not_chosen(tiny_bpe, calib256):
+    from transformers import AutoModelForCausalLM
+
+    from slimline.models import tiny_config
+
+    tok = tiny_bpe.bpe_tokenizer()
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(
+        tiny_config("llama", vocab_size=len(tok), hidden=256, intermediate=288)
+    ).eval()  # down_proj takes 288 inputs: 9 blocks of 32, not a whole Q4_K super-block
+    sens = layer_sensitivity(model, calib256, grids=["gguf-q4_k", "gguf-q4_0"])
+    downs = [n for n in sens.errors if n.endswith("down_proj")]
+    assert len(downs) == 2
+    for n, e in sens.errors.items():
+        assert set(e) == ({"gguf-q4_0"} if n in downs else {"gguf-q4_k", "gguf-q4_0"}), n
+    alloc = allocate_bits(sens, budget_from_avg_bits(sens, 4.5))
+    assert all(alloc.grids[n] == "gguf-q4_0" for n in downs)
+    assert "gguf-q4_k" in set(alloc.grids.values())  # the others can still take it
+    # uniform needs one grid every layer can take
+    assert set(uniform_allocation(sens, budget_from_avg_bits(sens, 4.5)).grids.values()) == {
+        "gguf-q4_0"
+    }
+    with pytest.raises(ConfigError, match=r"no grid .* can take .*down_proj .288 inputs") as e:
+        layer_sensitivity(model, calib256, grids=["gguf-q4_k"])
+    assert "gguf-q4_0" in e.value.fix
+
+
+def test_grid_config_bad_input():
+    with pytest.raises(ConfigError, match="unknown grid 'gguf-q3_k'") as e:
+        make_config("quant.mixed", {"grids": ["gguf-q8_0", "gguf-q3_k"]})
+    assert "gguf-q4_k" in e.value.fix and "gguf-q6_k" in e.value.fix
+    with pytest.raises(ConfigError, match=r"both grids .* and bits_options"):
+        make_config("quant.mixed", {"grids": ["gguf-q8_0"], "bits_options": [8, 4]})
+    with pytest.raises(ConfigError, match="grids is empty"):
+        MixedPrecision(grids=[])
+    assert MixedPrecision().size_effect().bits == 2  # integer path unchanged

@@ -21,6 +21,13 @@ they buy nothing. Three steps:
 
 Size model: exactly what ``QuantLinear`` stores — packed codes, an fp32 scale per group and a
 uint8 zero per group when asymmetric (bias excluded: it is the same at every width).
+
+**Engine grids** (``grids=["gguf-q8_0", "gguf-q4_k", "gguf-q4_0"]``): the options are GGUF block
+types instead of bit widths, as llama.cpp's Q4_K_M mixes them per tensor. Sensitivity is measured
+on each grid's own scheme, an option costs what the GGUF file stores (``GGUF_BLOCK_BYTES``: codes
+plus block scales/minimums, e.g. Q4_K 4.5 bits per weight), a layer whose input width the block
+cannot tile (K-quants: 256, the others: 32) does not get that option, and each layer is quantized
+on its grid exactly as ``quant.rtn`` with ``grid:`` would, so GGUF export writes it bit-exact.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from slimline.core import (
@@ -48,7 +55,22 @@ from slimline.core import (
 from slimline.errors import ConfigError, DataError, TargetError
 from slimline.figures import save_png
 from slimline.progress import track
-from slimline.quant.grid import QuantScheme, fake_quantize, make_scheme
+from slimline.quant.grid import GRIDS, SUPER_BLOCK, QuantScheme, fake_quantize, make_scheme
+
+# (weights, bytes) per block of each GGUF type: ggml-common.h's block_q8_0 (fp16 d + 32 int8),
+# block_q6_K (128 B low bits + 64 B high bits + 16 int8 scales + fp16 d), block_q5_K / block_q4_K
+# (fp16 d, dmin + 12 B of 6-bit scales/mins + codes), block_q5_0/q5_1/q4_0/q4_1 (fp16 d [, m] +
+# codes [+ 4 B high bits]); the same numbers as gguf.constants.GGML_QUANT_SIZES
+GGUF_BLOCK_BYTES: dict[str, tuple[int, int]] = {
+    "gguf-q8_0": (32, 34),  # 8.5 bits per weight
+    "gguf-q6_k": (256, 210),  # 6.5625
+    "gguf-q5_k": (256, 176),  # 5.5
+    "gguf-q5_0": (32, 22),  # 5.5
+    "gguf-q5_1": (32, 24),  # 6.0
+    "gguf-q4_k": (256, 144),  # 4.5
+    "gguf-q4_0": (32, 18),  # 4.5
+    "gguf-q4_1": (32, 20),  # 5.0
+}
 
 
 def layer_bits_cost(
@@ -63,16 +85,59 @@ def layer_bits_cost(
     return packed_nbytes(out * inp, bits) * 8 + out * groups * (32 + (0 if symmetric else 8))
 
 
+def grid_fits(grid: str, in_features: int) -> bool:
+    """Whether GGUF blocks of ``grid`` tile a layer's input width (K-quants 256, others 32)."""
+    return in_features % (SUPER_BLOCK.get(grid) or GRIDS[grid][1]) == 0
+
+
+def grid_bits_cost(shape: tuple[int, int], grid: str) -> int:
+    """Storage in bits of one [out, in] weight as GGUF blocks of ``grid`` (metadata included)."""
+    out, inp = shape
+    n, nbytes = GGUF_BLOCK_BYTES[grid]
+    if inp % n:
+        raise ConfigError(
+            f"{grid} stores whole blocks of {n} weights; a layer with {inp} inputs does not fit",
+            "leave that grid out for this layer",
+        )
+    return out * (inp // n) * nbytes * 8
+
+
+def _check_grids(grids: Sequence[str]) -> list[str]:
+    bad = [g for g in grids if g not in GRIDS]
+    if bad or not grids:
+        raise ConfigError(
+            f"unknown grid {bad[0]!r}" if bad else "grids is empty",
+            f"use some of: {', '.join(GRIDS)} (GGUF block types), e.g. [gguf-q8_0, gguf-q4_k]",
+        )
+    return list(dict.fromkeys(grids))
+
+
+Option = int | str  # a bit width, or a GGUF grid name
+
+
 @dataclass
 class Sensitivity:
-    """``errors[name][bits]``: error when only ``name`` is quantized at ``bits``; plus shapes."""
+    """``errors[name][option]``: error when only ``name`` is quantized with ``option`` (a bit
+    width, or a grid name when ``grids`` is set; a grid that cannot take the layer is absent)."""
 
-    errors: dict[str, dict[int, float]]
+    errors: dict[str, dict[Any, float]]
     shapes: dict[str, tuple[int, int]]
     metric: str
     group_size: int | None
     symmetric: bool
     bits_options: tuple[int, ...] = field(default=(8, 4, 3, 2))
+    grids: tuple[str, ...] = ()
+
+    @property
+    def options(self) -> tuple[Option, ...]:
+        """The choices per layer, widest (most bits per weight) first."""
+        return self.grids or self.bits_options
+
+    def cost(self, name: str, option: Option) -> int:
+        """Bits stored for layer ``name`` with ``option``."""
+        if isinstance(option, str):
+            return grid_bits_cost(self.shapes[name], option)
+        return layer_bits_cost(self.shapes[name], option, self.group_size, self.symmetric)
 
 
 def _selected_linears(
@@ -88,12 +153,31 @@ def _selected_linears(
 
 
 def _schemes(
-    bits_options: Sequence[int], group_size: int | None, symmetric: bool
-) -> dict[int, QuantScheme]:
+    bits_options: Sequence[int],
+    group_size: int | None,
+    symmetric: bool,
+    grids: Sequence[str] | None = None,
+) -> dict[Option, QuantScheme]:
+    if grids is not None:  # widest first, by what the file stores per weight
+        gs = sorted(
+            _check_grids(grids), key=lambda g: -GGUF_BLOCK_BYTES[g][1] / GGUF_BLOCK_BYTES[g][0]
+        )
+        return {g: make_scheme(grid=g) for g in gs}
     if not bits_options:
         raise ConfigError("bits_options is empty", "use e.g. [8, 4, 3, 2]")
     return {
         b: make_scheme(b, group_size, symmetric) for b in sorted(set(bits_options), reverse=True)
+    }
+
+
+def _layer_schemes(
+    w: torch.Tensor, schemes: dict[Option, QuantScheme]
+) -> dict[Option, QuantScheme]:
+    """The options a layer can take, each as the scheme it is quantized with."""
+    return {
+        o: s if s.grid is not None else _scheme_for(w, s)
+        for o, s in schemes.items()
+        if s.grid is None or grid_fits(s.grid, w.shape[1])
     }
 
 
@@ -115,10 +199,22 @@ def layer_sensitivity(
     ignore: Iterable[str] | None = ("lm_head",),
     metric: Literal["output", "kl"] = "output",
     batch_size: int = 4,
+    grids: Sequence[str] | None = None,
 ) -> Sensitivity:
-    """Error of each selected layer quantized alone, at each bit width (see module doc)."""
-    schemes = _schemes(bits_options, group_size, symmetric)
+    """Error of each selected layer quantized alone, at each bit width, or on each GGUF grid of
+    ``grids`` that can take it (see module doc)."""
+    schemes = _schemes(bits_options, group_size, symmetric, grids)
     sel = _selected_linears(model, targets, ignore)
+    if grids is not None:
+        none = [n for n, m in sel.items() if not any(grid_fits(g, m.in_features) for g in schemes)]
+        if none:
+            m = sel[none[0]]
+            raise ConfigError(
+                f"no grid of {list(schemes)} can take {none[0]} ({m.in_features} inputs"
+                f"{f', and {len(none) - 1} more layers' if len(none) > 1 else ''}): K-quants "
+                "need a multiple of 256, the others of 32",
+                "add a 32-weight grid (gguf-q8_0, gguf-q5_0, gguf-q4_0 ...), or ignore those layers",
+            )
     if calib_ids is None or calib_ids.ndim != 2 or calib_ids.shape[0] == 0:
         raise DataError(
             "sensitivity needs calibration data as a non-empty [N, T] tensor of token ids",
@@ -149,8 +245,8 @@ def layer_sensitivity(
             for name, lin in lins.items():
                 w = lin.weight.detach().float()
                 errors[name] = {}
-                for b, sch in schemes.items():
-                    dw = (fake_quantize(w, _scheme_for(w, sch)) - w).double()
+                for b, sch in _layer_schemes(w, schemes).items():
+                    dw = (fake_quantize(w, sch) - w).double()
                     errors[name][b] = float(((dw @ H[name]) * dw).sum() / count[name])
             return {"layers": len(lins)}
 
@@ -170,8 +266,8 @@ def layer_sensitivity(
         for name, lin in track(list(sel.items()), "sensitivity (KL)"):
             w0 = lin.weight.detach().clone()
             errors[name] = {}
-            for b, sch in schemes.items():
-                lin.weight.copy_(fake_quantize(w0, _scheme_for(w0, sch)))
+            for b, sch in _layer_schemes(w0, schemes).items():
+                lin.weight.copy_(fake_quantize(w0, sch))
                 errors[name][b] = kl()
             lin.weight.copy_(w0)
     else:
@@ -183,12 +279,16 @@ def layer_sensitivity(
             "metric='output' covers the blocks' linears; use metric='kl' for others, or ignore them",
         )
     shapes = {n: (m.out_features, m.in_features) for n, m in sel.items()}
-    return Sensitivity(errors, shapes, metric, group_size, symmetric, tuple(schemes))
+    opts = tuple(schemes)
+    if grids is not None:
+        return Sensitivity(errors, shapes, metric, None, False, (), tuple(map(str, opts)))
+    return Sensitivity(errors, shapes, metric, group_size, symmetric, tuple(map(int, opts)))
 
 
 @dataclass
 class Allocation:
-    """Chosen bits per layer and what it costs: size in bits, summed sensitivity, the budget."""
+    """Chosen bits per layer and what it costs: size in bits, summed sensitivity, the budget.
+    ``grids``: the GGUF grid of each layer when the options were grids (``bits`` its width)."""
 
     bits: dict[str, int]
     size_bits: int
@@ -204,10 +304,16 @@ class Allocation:
         return self.size_bits / max(1, self.n_weights)
 
     n_weights: int = 0
+    grids: dict[str, str] = field(default_factory=dict)
+
+    def option(self, name: str) -> Option:
+        """The option chosen for ``name``: its grid, else its bit width."""
+        return self.grids.get(name, self.bits[name])
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "bits": dict(self.bits),
+            **({"grids": dict(self.grids)} if self.grids else {}),
             "size_bytes": self.size_bits / 8,
             "budget_bytes": self.budget_bits / 8,
             "avg_bits_per_weight": self.avg_bits,
@@ -216,18 +322,45 @@ class Allocation:
         }
 
 
-def _costs(sens: Sensitivity) -> tuple[list[str], list[int], np.ndarray, np.ndarray]:
+def _costs(
+    sens: Sensitivity,
+) -> tuple[list[str], list[Option], np.ndarray, np.ndarray, np.ndarray]:
+    """Layer names, options, and [layer, option] cost (bits), error and availability."""
     names = list(sens.errors)
-    opts = list(sens.bits_options)
+    opts = list(sens.options)
+    ok = np.array([[o in sens.errors[n] for o in opts] for n in names], dtype=bool)
     cost = np.array(
-        [
-            [layer_bits_cost(sens.shapes[n], b, sens.group_size, sens.symmetric) for b in opts]
-            for n in names
-        ],
+        [[sens.cost(n, o) if o in sens.errors[n] else 0 for o in opts] for n in names],
         dtype=np.int64,
     )
-    err = np.array([[sens.errors[n][b] for b in opts] for n in names], dtype=np.float64)
-    return names, opts, cost, err
+    err = np.array([[sens.errors[n].get(o, np.inf) for o in opts] for n in names])
+    return names, opts, cost, err, ok
+
+
+def _allocation(
+    sens: Sensitivity,
+    picks: dict[str, Option],
+    size: int,
+    budget_bits: int,
+    min_size: int,
+    total: float,
+    exact: bool,
+) -> Allocation:
+    grids = {n: o for n, o in picks.items() if isinstance(o, str)}
+    bits = {n: GRIDS[o][0] if isinstance(o, str) else o for n, o in picks.items()}
+    n_weights = sum(o * i for o, i in sens.shapes.values())
+    return Allocation(
+        bits,
+        size,
+        budget_bits,
+        min_size,
+        total,
+        exact,
+        sens.group_size,
+        sens.symmetric,
+        n_weights,
+        grids,
+    )
 
 
 def budget_from_avg_bits(sens: Sensitivity, avg_bits: float) -> int:
@@ -241,22 +374,24 @@ def allocate_bits(sens: Sensitivity, budget_bits: int, max_states: int = 2_000_0
     Exact DP over sizes in units of the gcd of all costs when that needs at most ``max_states``
     units; otherwise costs are rounded up to a coarser unit (budget still met; ``exact=False``).
     """
-    names, opts, cost, err = _costs(sens)
-    min_size = int(cost.min(1).sum())
+    names, opts, cost, err, ok = _costs(sens)
+    base = np.where(ok, cost, np.iinfo(np.int64).max).min(1, keepdims=True)
+    min_size = int(base.sum())
     n_weights = sum(o * i for o, i in sens.shapes.values())
     if budget_bits < min_size:
+        cheapest = "its cheapest grid" if sens.grids else f"{min(sens.bits_options)} bits"
         raise TargetError(
             f"size budget {budget_bits / 8:,.0f} bytes is below the smallest possible "
-            f"{min_size / 8:,.0f} bytes (every layer at {min(opts)} bits, "
+            f"{min_size / 8:,.0f} bytes (every layer at {cheapest}, "
             f"{min_size / n_weights:.3f} bits per weight)",
-            f"raise the budget to at least {math.ceil(min_size / 8):,} bytes, or add a lower bit width",
+            f"raise the budget to at least {math.ceil(min_size / 8):,} bytes, or add a "
+            f"{'smaller grid' if sens.grids else 'lower bit width'}",
         )
     # DP over the extra size above each layer's cheapest option, in units of their gcd: every
     # reachable total is a multiple of the unit, so flooring the slack to units loses nothing
-    base = cost.min(1, keepdims=True)
-    extra = cost - base
+    extra = np.where(ok, cost - base, 0)
     slack = budget_bits - min_size
-    nz = extra[extra > 0]
+    nz = extra[ok & (extra > 0)]
     unit = int(np.gcd.reduce(nz)) if nz.size else 1
     exact = True
     if slack // unit > max_states:
@@ -273,7 +408,7 @@ def allocate_bits(sens: Sensitivity, budget_bits: int, max_states: int = 2_000_0
         pick = np.zeros(S + 1, dtype=np.int8)
         for j in range(len(opts)):
             c = int(units[i, j])
-            if c > S:
+            if c > S or not ok[i, j]:
                 continue
             cand = np.full(S + 1, INF)
             cand[c:] = dp[: S + 1 - c] + err[i, j]
@@ -283,57 +418,63 @@ def allocate_bits(sens: Sensitivity, budget_bits: int, max_states: int = 2_000_0
         dp = new
         choice[i] = pick
     s = int(np.argmin(dp))
-    bits: dict[str, int] = {}
+    js: dict[str, int] = {}
     for i in range(len(names) - 1, -1, -1):
         j = int(choice[i, s])
-        bits[names[i]] = opts[j]
+        assert ok[i, j], names[i]
+        js[names[i]] = j
         s -= int(units[i, j])
-    bits = {n: bits[n] for n in names}
-    size = int(sum(cost[i, opts.index(bits[n])] for i, n in enumerate(names)))
-    total = float(sum(err[i, opts.index(bits[n])] for i, n in enumerate(names)))
+    size = int(sum(cost[i, js[n]] for i, n in enumerate(names)))
+    total = float(sum(err[i, js[n]] for i, n in enumerate(names)))
     assert size <= budget_bits, (size, budget_bits)
-    return Allocation(
-        bits, size, budget_bits, min_size, total, exact, sens.group_size, sens.symmetric, n_weights
-    )
+    picks = {n: opts[js[n]] for n in names}
+    return _allocation(sens, picks, size, budget_bits, min_size, total, exact)
 
 
 def uniform_allocation(sens: Sensitivity, budget_bits: int) -> Allocation:
-    """The baseline: the widest single bit width that fits the budget, for every layer."""
-    names, opts, cost, err = _costs(sens)
-    n_weights = sum(o * i for o, i in sens.shapes.values())
-    min_size = int(cost.min(1).sum())
-    for j, b in enumerate(opts):  # widest first
-        if cost[:, j].sum() <= budget_bits:
-            return Allocation(
-                dict.fromkeys(names, b),
-                int(cost[:, j].sum()),
-                budget_bits,
-                min_size,
-                float(err[:, j].sum()),
-                True,
-                sens.group_size,
-                sens.symmetric,
-                n_weights,
-            )
+    """The baseline: the widest single option (bit width or grid) that every layer can take
+    and that fits the budget, for every layer (equally wide grids: the lower error)."""
+    names, opts, cost, err, ok = _costs(sens)
+    min_size = int(np.where(ok, cost, np.iinfo(np.int64).max).min(1).sum())
+    fits = [j for j in range(len(opts)) if ok[:, j].all() and cost[:, j].sum() <= budget_bits]
+    if fits:
+        j = max(fits, key=lambda j: (int(cost[:, j].sum()), -float(err[:, j].sum())))
+        return _allocation(
+            sens,
+            dict.fromkeys(names, opts[j]),
+            int(cost[:, j].sum()),
+            budget_bits,
+            min_size,
+            float(err[:, j].sum()),
+            True,
+        )
     raise TargetError(
-        f"no single bit width fits {budget_bits / 8:,.0f} bytes (smallest: {min_size / 8:,.0f})",
+        f"no single {'grid' if sens.grids else 'bit width'} fits {budget_bits / 8:,.0f} bytes "
+        f"(smallest: {min_size / 8:,.0f})",
         f"raise the budget to at least {math.ceil(min_size / 8):,} bytes",
     )
 
 
 @torch.no_grad()
 def apply_allocation(model: nn.Module, alloc: Allocation, pack: bool = True) -> int:
-    """Quantize each allocated layer at its width, in place; returns the layer count.
+    """Quantize each allocated layer at its width (or on its GGUF grid), in place; returns the
+    layer count.
 
-    ``pack=True`` swaps in quant-A's ``QuantLinear`` (packed codes: the artifact really shrinks);
-    ``pack=False`` keeps ``nn.Linear`` with the weight rounded onto its grid (same numbers).
+    ``pack=True`` swaps in quant-A's ``QuantLinear`` (packed codes: the artifact really shrinks;
+    on a grid, the same layer ``quant.rtn`` with ``grid:`` makes); ``pack=False`` keeps
+    ``nn.Linear`` with the weight rounded onto its grid (same numbers).
     """
     from slimline.core import set_submodule
 
     for name, b in alloc.bits.items():
         lin = model.get_submodule(name)
         w = lin.weight.detach()
-        sch = _scheme_for(w, make_scheme(b, alloc.group_size, alloc.symmetric))
+        g = alloc.grids.get(name)
+        sch = (
+            make_scheme(grid=g)
+            if g is not None
+            else _scheme_for(w, make_scheme(b, alloc.group_size, alloc.symmetric))
+        )
         if pack:
             from slimline.quant.linear import QuantLinear
 
@@ -355,7 +496,8 @@ def _block_role(model: nn.Module | None, name: str) -> tuple[int | None, str]:
 
 
 def allocation_table(alloc: Allocation, sens: Sensitivity | None = None) -> Any:
-    """A rich table: layer, bits, and its sensitivity at the chosen width."""
+    """A rich table: layer, bits (and grid, when grids were the options), and its sensitivity
+    with the chosen option."""
     from rich.table import Table
 
     t = Table(
@@ -363,18 +505,23 @@ def allocation_table(alloc: Allocation, sens: Sensitivity | None = None) -> Any:
     )
     t.add_column("layer")
     t.add_column("bits", justify="right")
+    if alloc.grids:
+        t.add_column("grid")
     if sens is not None:
-        t.add_column("error at bits", justify="right")
+        t.add_column("error at grid" if alloc.grids else "error at bits", justify="right")
     for name, b in alloc.bits.items():
         row = [name, str(b)]
+        if alloc.grids:
+            row.append(alloc.grids.get(name, "-"))
         if sens is not None:
-            row.append(f"{sens.errors[name][b]:.3e}")
+            row.append(f"{sens.errors[name][alloc.option(name)]:.3e}")
         t.add_row(*row)
     return t
 
 
 def plot_allocation(alloc: Allocation, path: str | Path) -> Path:
-    """Heat map PNG of bits per (block, layer role); written atomically."""
+    """Heat map PNG of bits per (block, layer role), cells labelled with the grid when grids
+    were the options; written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -382,6 +529,7 @@ def plot_allocation(alloc: Allocation, path: str | Path) -> Path:
 
     path = Path(path)
     cells = [(*_block_role(None, n), b) for n, b in alloc.bits.items()]
+    labels = {_block_role(None, n): g.removeprefix("gguf-") for n, g in alloc.grids.items()}
     blocks = sorted({c[0] for c in cells if c[0] is not None})
     roles = list(dict.fromkeys(c[1] for c in cells))
     grid = np.full((len(blocks) or 1, len(roles)), np.nan)
@@ -398,10 +546,13 @@ def plot_allocation(alloc: Allocation, path: str | Path) -> Path:
     ax.set_xticks(range(len(roles)), [r.split(".")[-1] for r in roles], rotation=45, ha="right")
     ax.set_yticks(range(len(blocks) or 1), [str(b) for b in blocks] or ["-"])
     ax.set_ylabel("block")
-    ax.set_title(f"bits per layer ({alloc.avg_bits:.2f} avg)")
+    what = "GGUF grid" if alloc.grids else "bits"
+    ax.set_title(f"{what} per layer ({alloc.avg_bits:.2f} bits/weight avg)")
     for (r, c), v in np.ndenumerate(grid):
         if not np.isnan(v):
-            ax.text(c, r, int(v), ha="center", va="center", color="w", fontsize=7)
+            key = (blocks[r] if blocks else None, roles[c])
+            text = labels.get(key, int(v))
+            ax.text(c, r, text, ha="center", va="center", color="w", fontsize=7)
     fig.colorbar(im, ax=ax, label="bits")
     fig.tight_layout()
     return save_png(fig, path, dpi=110)
@@ -411,11 +562,16 @@ def plot_allocation(alloc: Allocation, path: str | Path) -> Path:
 
 
 class MixedPrecision(TechniqueConfig):
-    """Per-layer bit widths by sensitivity under a size budget, applied as grid weights."""
+    """Per-layer bit widths by sensitivity under a size budget, applied as grid weights.
+
+    ``grids`` (``[gguf-q8_0, gguf-q4_k, gguf-q4_0]`` ...) makes GGUF block types the options
+    instead of ``bits_options`` (a Q4_K_M-style mix that exports bit-exact); each grid fixes its
+    own group and symmetry, so ``group_size``/``symmetric`` do not apply to it."""
 
     kind: ClassVar[str] = "quant.mixed"
     needs: ClassVar[frozenset[Need]] = frozenset({"calib"})
     bits_options: list[int] = Field(default_factory=lambda: [8, 4, 3, 2])
+    grids: list[str] | None = None  # GGUF grids as the options (not with bits_options)
     avg_bits: float | None = 4.0  # budget as bits per weight (codes + group metadata)
     budget_bytes: int | None = None  # or as bytes of the selected layers (wins when set)
     group_size: int | None = 64
@@ -429,7 +585,11 @@ class MixedPrecision(TechniqueConfig):
 
     def size_effect(self) -> SizeEffect:
         """The fewest bits it may give a layer (packed), or none (``pack: false`` keeps floats)."""
-        return SizeEffect(bits=min(self.bits_options) if self.pack else None)
+        if not self.pack:
+            return SizeEffect(bits=None)
+        return SizeEffect(
+            bits=min(GRIDS[g][0] for g in self.grids) if self.grids else min(self.bits_options)
+        )
 
     @field_validator("bits_options")
     @classmethod
@@ -438,6 +598,20 @@ class MixedPrecision(TechniqueConfig):
         if not v or bad:
             raise ValueError(f"bits_options must be a non-empty subset of [2, 3, 4, 8], got {v}")
         return v
+
+    @field_validator("grids")
+    @classmethod
+    def _grids(cls, v: list[str] | None) -> list[str] | None:
+        return None if v is None else _check_grids(v)
+
+    @model_validator(mode="after")
+    def _grids_or_bits(self) -> MixedPrecision:
+        if self.grids is not None and self.bits_options != [8, 4, 3, 2]:
+            raise ConfigError(
+                f"quant.mixed got both grids {self.grids} and bits_options {self.bits_options}",
+                "give one: grids (GGUF block types) or bits_options (plain integer widths)",
+            )
+        return self
 
 
 def mixed_precision(
@@ -461,6 +635,7 @@ def mixed_precision(
         cfg.ignore,
         cfg.metric,
         cfg.batch_size,
+        cfg.grids,
     )
     if cfg.budget_bytes is not None:
         budget = int(cfg.budget_bytes) * 8
@@ -485,7 +660,8 @@ def mixed_precision(
 
 @register_technique(MixedPrecision)
 def apply_mixed(model: nn.Module, cfg: MixedPrecision, ctx: Context) -> dict[str, Any]:
-    """Mixed precision: bits per layer chosen by sensitivity under a size budget (exact knapsack)."""
+    """Mixed precision: bits (or GGUF grids) per layer chosen by sensitivity under a size budget
+    (exact knapsack)."""
     if ctx.calib is None:
         raise DataError(
             "quant.mixed needs calibration data to measure sensitivity",
