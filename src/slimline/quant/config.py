@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
 from torch import nn
 
 from slimline.core import (
@@ -40,7 +40,8 @@ class WeightQuantConfig(TechniqueConfig):
     @field_validator("bits")
     @classmethod
     def _bits(cls, v: int) -> int:
-        if v not in SUPPORTED_BITS:
+        # an engine grid's own width (5-, 6-bit GGUF types) is allowed with that grid only
+        if v not in SUPPORTED_BITS and v not in {b for b, _, _ in GRIDS.values()}:
             raise ConfigError(
                 f"unsupported weight bit width {v}", f"use one of {list(SUPPORTED_BITS)}"
             )
@@ -65,6 +66,34 @@ class WeightQuantConfig(TechniqueConfig):
                 f"use one of: {', '.join(GRIDS)} (an engine's block format), or no grid",
             )
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _grid_fixes_scheme(cls, data: Any) -> Any:
+        """An engine grid fixes bits, group and symmetry: a contradicting value is refused, and
+        the fields take the grid's values, so a saved config (run.json, recipe.yaml, manifest)
+        says what was solved and reads back as the same config."""
+        if not isinstance(data, dict) or data.get("grid") not in GRIDS:
+            return data
+        b, g, sym = GRIDS[data["grid"]]
+        given = {"bits": b, "group_size": g, "symmetric": sym}
+        clash = [f"{k}={data[k]}" for k, v in given.items() if k in data and data[k] != v]
+        if clash:
+            raise ConfigError(
+                f"grid {data['grid']} is {b}-bit, group {g}, "
+                f"{'symmetric' if sym else 'asymmetric'}; the config also sets {', '.join(clash)}",
+                "drop bits/group_size/symmetric when a grid is given",
+            )
+        return {**data, **given}
+
+    @model_validator(mode="after")
+    def _plain_bits(self) -> WeightQuantConfig:
+        if self.grid is None and self.bits not in SUPPORTED_BITS:
+            raise ConfigError(
+                f"unsupported weight bit width {self.bits}",
+                f"use one of {list(SUPPORTED_BITS)}, or an engine grid (e.g. gguf-q5_0)",
+            )
+        return self
 
     def size_effect(self) -> SizeEffect:
         """Codes of ``bits`` (an engine grid's bits) per block weight."""
