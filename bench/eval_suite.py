@@ -49,7 +49,14 @@ def utc() -> str:
 
 def moved_most(metrics: dict[str, float], ref: dict[str, float]) -> tuple[str, float] | None:
     """The metric whose value differs most, relatively, from the reference's on the same items
-    (metrics without a reference value, e.g. flips, are themselves a difference: left out)."""
+    (flips and KL are themselves differences from the reference: left out)."""
+    # agreement with the reference (agree/top1, recall@k/teacher, spearman/teacher) is 1 for
+    # the reference itself
+    ref = {
+        **{k: 1.0 for k in metrics if k.startswith("agree/") or "/teacher" in k},
+        **ref,
+    }
+    ref = {k: v for k, v in ref.items() if not (k.startswith("kl/") or direction(k) is None)}
     rel = [
         (abs(metrics[k] / ref[k] - 1), k)
         for k in metrics
@@ -207,7 +214,7 @@ def markdown(res: dict[str, Any]) -> str:
         moved = "—"
         if mm:
             k = mm[0]
-            moved = f"`{k}` {_v(r['metrics'][k])} / {_v(r['reference'][k])}"
+            moved = f"`{k}` {_v(r['metrics'][k])} / {_v(r['reference'].get(k, 1.0))}"
         failed = ", ".join(f"`{f}`" for f in r["failed"]) or "none"
         lines.append(
             f"| {r['model']} | {r['how']} | {r['gates']} | {failed} | {moved} | {r['seconds']:.0f} |"

@@ -76,7 +76,9 @@ def test_quantize_on_grid_then_export_is_exact_and_verified(tiny_dir, tmp_path, 
     assert prof["metrics"]["latency/decode_tok_s"] > 0 and prof["metrics"]["latency/prefill_ms"] > 0
     assert prof["metrics"]["size/bytes"] == gg.stat().st_size
 
-    r = CliRunner().invoke(app, ["export", str(art), "--format", "tflite", "-o", str(tmp_path / "x")])
+    r = CliRunner().invoke(
+        app, ["export", str(art), "--format", "tflite", "-o", str(tmp_path / "x")]
+    )
     assert isinstance(r.exception, ConfigError)
 
 

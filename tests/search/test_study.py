@@ -139,7 +139,7 @@ def test_slimline_run_of_a_search_recipe_prints_the_front(tiny_dir, tmp_path, ho
     )
     r = CliRunner().invoke(app, ["run", str(p), "-o", str(tmp_path / "s"), "--json"])
     assert r.exit_code == 0, r.output
-    out = json.loads(r.output)
+    out = json.loads(r.stdout)  # progress and library lines go to stderr
     assert out["front"] and len(out["trials"]) + len(out["pruned"]) == 2
     r = CliRunner().invoke(app, ["search", "report", out["study"], "--storage", out["storage"]])
     assert r.exit_code == 0 and "front" in r.output

@@ -84,11 +84,14 @@ class WeightQuantConfig(TechniqueConfig):
                 f"{'symmetric' if sym else 'asymmetric'}; the config also sets {', '.join(clash)}",
                 "drop bits/group_size/symmetric when a grid is given",
             )
-        return {**data, **given}
+        return data
 
     @model_validator(mode="after")
     def _plain_bits(self) -> WeightQuantConfig:
-        if self.grid is None and self.bits not in SUPPORTED_BITS:
+        if self.grid is not None:  # the grid's values, not marked as set (exclude_unset drops them)
+            b, g, sym = GRIDS[self.grid]
+            self.__dict__.update(bits=b, group_size=g, symmetric=sym)
+        elif self.bits not in SUPPORTED_BITS:
             raise ConfigError(
                 f"unsupported weight bit width {self.bits}",
                 f"use one of {list(SUPPORTED_BITS)}, or an engine grid (e.g. gguf-q5_0)",
