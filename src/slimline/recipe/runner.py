@@ -470,22 +470,15 @@ def run_recipe(
     if run.replaced is not None:
         res.extra["replaced"] = run.replaced
     art = Path(artifact_dir) if artifact_dir is not None else out / "artifact"
-    manifest = {
-        "name": recipe.name,
-        "recipe": recipe.to_dict(),
-        "recipe_digest": recipe.digest(),
-        "stages": done,
-        "metrics": {k: v for k, v in final.items() if isinstance(v, (int, float))},
-        "baseline_metrics": {
-            k: v for k, v in baseline["metrics"].items() if isinstance(v, (int, float))
-        },
-        "targets": [v.to_dict() for v in verdicts],
-        "data_fingerprint": _fingerprint(ctx),
-        "seed": recipe.data.seed,
-        "teacher": baseline["model"],
-        **({"suite": suite} if suite else {}),  # the registry's suite gates reuse it
-        **(manifest_extra or {}),
-    }
+    manifest = artifact_manifest(
+        recipe,
+        done,
+        final,
+        baseline,
+        verdicts,
+        _fingerprint(ctx),
+        {**({"suite": suite} if suite else {}), **(manifest_extra or {})},  # suite: registry gates
+    )
     info = _save(lm, art, manifest, baseline["digest"], registry_home)
     res.artifact, res.digest = art, info.digest
     if recipe.export:  # engine files, verified there, children of the artifact
@@ -563,6 +556,34 @@ def _final_suite(
     for k, v in rec["reference"].items():
         baseline["metrics"].setdefault(k, v)
     return rec
+
+
+def artifact_manifest(
+    recipe: Recipe,
+    done: list[dict[str, Any]],
+    final: dict[str, Any],
+    baseline: dict[str, Any],
+    verdicts: list[Verdict],
+    fingerprint: str | None,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """The final artifact's manifest fields: recipe, stage trace, metrics beside the baseline's,
+    target verdicts, data fingerprint (one layout for the in-memory and the streamed run)."""
+    return {
+        "name": recipe.name,
+        "recipe": recipe.to_dict(),
+        "recipe_digest": recipe.digest(),
+        "stages": done,
+        "metrics": {k: v for k, v in final.items() if isinstance(v, (int, float))},
+        "baseline_metrics": {
+            k: v for k, v in baseline["metrics"].items() if isinstance(v, (int, float))
+        },
+        "targets": [v.to_dict() for v in verdicts],
+        "data_fingerprint": fingerprint,
+        "seed": recipe.data.seed,
+        "teacher": baseline["model"],
+        **extra,
+    }
 
 
 def _after_stage(index: int) -> None:

@@ -410,21 +410,9 @@ def run_streamed(
     verdicts = check_targets(recipe.targets, final, baseline["metrics"])
     result = R.RunResult(out, recipe, baseline, done, final, verdicts, resumed_from=resumed)
     art = Path(artifact_dir) if artifact_dir is not None else out / "artifact"
-    manifest = {
-        "name": recipe.name,
-        "recipe": recipe.to_dict(),
-        "recipe_digest": recipe.digest(),
-        "stages": done,
-        "metrics": {k: v for k, v in final.items() if isinstance(v, (int, float))},
-        "baseline_metrics": {
-            k: v for k, v in baseline["metrics"].items() if isinstance(v, (int, float))
-        },
-        "targets": [v.to_dict() for v in verdicts],
-        "data_fingerprint": _fingerprint(calib),
-        "seed": recipe.data.seed,
-        "teacher": baseline["model"],
-        **(manifest_extra or {}),
-    }
+    manifest = R.artifact_manifest(
+        recipe, done, final, baseline, verdicts, _fingerprint(calib), manifest_extra or {}
+    )
     # the checkpoint's weights, re-sealed under the run's manifest: no second compression
     src = open_lazy_artifact(ckpt, home=registry_home)
     ck = read_manifest(ckpt)
