@@ -38,7 +38,10 @@ def test_gptq_under_a_limit_is_exact_and_bounded(ids, tmp_path, monkeypatch):
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert unbounded.peak_resident_bytes >= 8 * batch and unbounded.spilled_bytes == 0
     assert bounded.peak_resident_bytes <= 3 * batch
-    assert bounded.spilled_bytes > 8 * batch  # every block's inputs and outputs went through disk
+    # capture: 3 of 4 batches fit, 1 spills; block 0's outputs find the budget full (4 spill);
+    # block 1's come after block 0's inputs were freed (3 fit, 1 spills). The statistics pass
+    # keeps no outputs, so it spills nothing.
+    assert bounded.spilled_bytes == 6 * batch
     assert list(tmp_path.glob("slimline-activations-*")) == []  # the spill dir is removed
     assert bounded.summary()["activation_peak_mb"] <= 3 * batch / 2**20
 

@@ -255,3 +255,29 @@ def test_streamed_with_bounded_activations(sharded, ids, tmp_path):
     s = res.info.manifest["stream"]
     assert s["activation_limit_mb"] == 1 / 16 and s["activation_peak_mb"] <= 1 / 16
     assert s["activation_spilled_mb"] > 0
+
+
+def test_cli_stream_takes_a_bundled_name_and_an_activation_limit(sharded, tmp_path, monkeypatch):
+    """`quantize NAME --stream` streams the bundled model's converted directory through the
+    recipe runner (registered like any run), and `--activation-limit-mb` sends activations
+    beyond the limit through disk."""
+    import slimline.models.bundled as bundled
+    from slimline.cli import app
+
+    monkeypatch.setitem(bundled.BUNDLED, "tiny-sharded", bundled.BUNDLED["smollm2-135m"])
+    monkeypatch.setattr(bundled, "bundled_path", lambda name: sharded)
+    monkeypatch.setenv("SLIMLINE_HOME", str(tmp_path / "home"))
+    out = tmp_path / "q"
+    r = CliRunner().invoke(
+        app,
+        ["quantize", "tiny-sharded", "--stream", "--method", "gptq", "--bits", "4",
+         "--group-size", "32", "--calib-samples", "8", "--seq-len", "64",
+         "--activation-limit-mb", "0.01", "-o", str(out), "--json"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output[r.output.index("{") :])
+    assert res["streamed"] is True and res["registered"]
+    assert res["activation_limit_mb"] == 0.01 and res["activation_spilled_mb"] > 0
+    assert res["activation_peak_mb"] <= 0.01
+    manifest = json.loads((out / "slimline.json").read_text())
+    assert manifest["stream"]["activation_spilled_mb"] == res["activation_spilled_mb"]

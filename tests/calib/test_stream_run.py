@@ -116,7 +116,9 @@ def test_what_a_streamed_run_cannot_do_is_refused(model_dir, tmp_path, stages, e
 
 
 def test_stream_true_needs_a_weights_directory(tmp_path):
-    r = parse_recipe({"name": "x", "model": "smollm2-135m", "stream": True,
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    r = parse_recipe({"name": "x", "model": str(gguf), "stream": True,
                       "stages": [{"quant.rtn": {}}]})  # fmt: skip
     with pytest.raises(ConfigError, match="directory of safetensors"):
         streamed.wants_stream(r)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import ctypes
 import os
 import shutil
 import tempfile
@@ -43,7 +44,9 @@ class ActivationStats:
     def summary(self) -> dict[str, Any]:
         mb = 2**20
         return {
-            "activation_limit_mb": None if self.limit_bytes is None else self.limit_bytes / mb,
+            "activation_limit_mb": (
+                None if self.limit_bytes is None else round(self.limit_bytes / mb, 4)
+            ),
             "activation_peak_mb": round(self.peak_resident_bytes / mb, 2),
             "activation_spilled_mb": round(self.spilled_bytes / mb, 2),
         }
@@ -189,3 +192,22 @@ class ResidentList(list):
 def new_buffer(stats: ActivationStats) -> ResidentList | ActivationBuffer:
     """The store for one block's activations under ``stats``' limit (a list when unbounded)."""
     return ResidentList(stats) if stats.limit_bytes is None else ActivationBuffer(stats)
+
+
+def trim_heap() -> None:
+    """Give freed memory back to the OS. glibc keeps freed heap pages (and raises its mmap
+    threshold to 32 MB after the first large free), so a streamed run's RSS would creep up by
+    each block's and each batch's temporaries although nothing is referenced; a no-op where
+    there is no glibc."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+_LIBC: Any = None

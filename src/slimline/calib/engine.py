@@ -19,7 +19,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from slimline.calib.buffer import ActivationBuffer, ResidentList, new_buffer, run_stats
+from slimline.calib.buffer import (
+    ActivationBuffer,
+    ResidentList,
+    new_buffer,
+    run_stats,
+    trim_heap,
+)
 from slimline.core import select_modules
 from slimline.errors import DataError
 from slimline.models.arch import Arch, get_arch
@@ -64,6 +70,8 @@ class BlockStep:
     outputs: list[torch.Tensor] | None = None  # set by a callback that left the block unchanged
     record: dict[str, Any] = field(default_factory=dict)
     new_store: Callable[[], Any] = list  # the engine's bounded buffer (slimline.calib.buffer)
+    # called after each batch (a streamed run: hand the batch's temporaries back to the OS)
+    after_batch: Callable[[], None] | None = None
 
     @torch.no_grad()
     def forward(self, block: nn.Module | None = None) -> list[torch.Tensor]:
@@ -72,7 +80,18 @@ class BlockStep:
         out = self.new_store()
         for x, kw in zip(self.inputs, self.kwargs, strict=True):
             out.append(_first_tensor(blk(x, **kw)))
+            if self.after_batch is not None:
+                self.after_batch()
         return out
+
+    @torch.no_grad()
+    def run(self) -> None:
+        """Run every batch through the block for its hooks only (``capture``): the outputs are
+        dropped batch by batch, so statistics passes never hold a second set of activations."""
+        for x, kw in zip(self.inputs, self.kwargs, strict=True):
+            self.block(x, **kw)
+            if self.after_batch is not None:
+                self.after_batch()
 
     def linears(
         self, targets: Iterable[str] | None = None, ignore: Iterable[str] | None = None
@@ -219,8 +238,9 @@ def run_blocks(
                 if offload:
                     blk.to(dev)
                 step = BlockStep(
-                    i, arch.block_name(i), blk, inputs, kwargs, dev, new_store=new_store
-                )
+                    i, arch.block_name(i), blk, inputs, kwargs, dev, new_store=new_store,
+                    after_batch=trim_heap if stream is not None else None,
+                )  # fmt: skip
                 t0 = time.perf_counter()
                 rec = on_block(step) if i in wanted else None
                 outputs = step.outputs if step.outputs is not None else step.forward()

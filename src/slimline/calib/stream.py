@@ -16,7 +16,6 @@ weights file is byte-identical to the one the in-memory path writes.
 
 from __future__ import annotations
 
-import ctypes
 import re
 import resource
 import threading
@@ -30,7 +29,7 @@ import torch
 
 from slimline.artifact.io import ArtifactInfo, _tensors_for_save
 from slimline.artifact.stream import ArtifactStream
-from slimline.calib.buffer import activation_limit, limit_from_env
+from slimline.calib.buffer import activation_limit, run_stats, trim_heap
 from slimline.calib.engine import STREAM_ATTR
 from slimline.core import (
     Context,
@@ -81,23 +80,6 @@ class PeakRss:
     @property
     def peak_mb(self) -> float:
         return round(self.peak / 2**20, 1)
-
-
-def _trim_heap() -> None:
-    """Give the freed block back to the OS (glibc keeps freed heap pages otherwise, and RSS
-    would creep up block by block although nothing is referenced); a no-op elsewhere."""
-    global _LIBC
-    if _LIBC is None:
-        try:
-            _LIBC = ctypes.CDLL("libc.so.6")
-            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
-        except (OSError, AttributeError):
-            _LIBC = False
-    if _LIBC:
-        _LIBC.malloc_trim(0)
-
-
-_LIBC: Any = None
 
 
 def _under(name: str, prefixes: list[str]) -> bool:
@@ -160,7 +142,7 @@ class BlockSource:
     def done(self, unit: str) -> None:
         if self.measure_only:
             self.lazy.release(unit)
-            _trim_heap()
+            trim_heap()
         else:
             self.write(unit)
 
@@ -194,7 +176,7 @@ class BlockSource:
         for p in prefixes:  # what the method put there (packed codes, masks) is written: free it
             if p:
                 model.get_submodule(p).to("meta")
-        _trim_heap()
+        trim_heap()
         if self.peak is not None:
             self.peak.sample()
 
@@ -378,8 +360,9 @@ def compress_streamed(
     model's tokenizer that makes them (called only when the method needs data). The run record (peak RSS,
     ``streamed: true``) goes into the manifest's ``stages`` and ``stream`` fields. On any error,
     a full disk included, nothing is left at ``out_dir`` and the same call can be run again.
-    ``activation_limit_mb`` (default ``SLIMLINE_ACT_LIMIT_MB``) bounds the calibration
-    activations held in memory; the rest goes to a temp dir (``slimline.calib.buffer``).
+    ``activation_limit_mb`` (default: the enclosing ``activation_limit``, else
+    ``SLIMLINE_ACT_LIMIT_MB``) bounds the calibration activations held in memory; the rest goes
+    to a temp dir (``slimline.calib.buffer``).
     ``workdir``: where a technique writes its side files (mixed precision's plot); ``home``:
     the slimline home whose key signs the artifact.
     A technique that cannot stream (``stream_plan``) raises ``ConfigError`` before any work.
@@ -389,11 +372,14 @@ def compress_streamed(
     t0 = time.perf_counter()
     how = stream_plan(config)  # a technique that cannot stream is refused before any work
     check_output(out_dir, replace=overwrite)
-    mb = activation_limit_mb if activation_limit_mb is not None else limit_from_env()
-    with PeakRss() as peak, activation_limit(mb) as acts:
+    limit = (
+        activation_limit(activation_limit_mb) if activation_limit_mb is not None else run_stats()
+    )
+    with PeakRss() as peak, limit as acts:
         lazy = open_lazy(model_dir, trust_remote_code=trust_remote_code)
         if callable(calib):
             calib = calib(lazy.tokenizer) if "calib" in config.requires() else None
+        trim_heap()  # the tokenizer's and the skeleton's temporaries
         ctx = Context(calib=calib, workdir=Path(workdir) if workdir is not None else None)
         with ArtifactStream(
             lazy.model, lazy.tokenizer, out_dir, manifest={"kind": lazy.kind}, parent=parent, key=key,
@@ -467,33 +453,3 @@ def copy_streamed(
     ) as writer:  # fmt: skip
         BlockSource(lazy, writer).finish()
         return writer.commit()
-
-
-def cli_stream(
-    model_dir: str,
-    out_dir: str,
-    config: TechniqueConfig,
-    calib: str,
-    calib_samples: int,
-    seq_len: int,
-    seed: int,
-    threads: int,
-) -> dict[str, Any]:
-    """What ``slimline quantize MODEL_DIR --stream`` (and ``prune --stream``) runs and prints."""
-    from slimline.data import calibration_blocks
-
-    torch.set_num_threads(threads)
-
-    def ids(tokenizer: Any) -> torch.Tensor:
-        return calibration_blocks(tokenizer, calib, n=calib_samples, seq_len=seq_len, seed=seed)
-
-    res = compress_streamed(model_dir, config, out_dir, calib=ids, manifest={"seed": seed})
-    details = res.record.get("details", {})
-    return {
-        "out": str(res.info.path),
-        "method": config.kind,
-        "scheme": details.get("scheme", config.kind),
-        "size_bytes": res.info.size_bytes,
-        "digest": res.info.digest,
-        **res.summary(),
-    }

@@ -7,6 +7,10 @@ import typer
 
 from slimline.cli._common import emit_json, kv_table, out
 
+# what a streamed run adds to the printed result (slimline.calib.stream.StreamResult.summary)
+STREAM_FIELDS = ("streamed", "peak_rss_mb", "process_peak_rss_mb", "model_bytes_on_disk",
+                 "activation_limit_mb", "activation_peak_mb", "activation_spilled_mb")  # fmt: skip
+
 
 def register(app: typer.Typer) -> None:
     @app.command("quantize")
@@ -47,12 +51,20 @@ def register(app: typer.Typer) -> None:
         stream: bool = typer.Option(
             False,
             "--stream",
-            help="MODEL is a safetensors directory: read, compress and write one block at a "
-            "time (a model larger than memory); no evaluation, no registry row",
+            help="read, compress and write one block at a time (a model larger than memory): "
+            "MODEL is a safetensors directory or a bundled name",
+        ),
+        activation_limit_mb: float = typer.Option(
+            None,
+            "--activation-limit-mb",
+            help="keep at most this many MB of calibration activations in memory, the rest on "
+            "disk (same result; default: all in memory, or SLIMLINE_ACT_LIMIT_MB)",
         ),
     ) -> None:
         """Quantize (RTN, GPTQ, AWQ weight-only; W8A8 with SmoothQuant; mixed precision) and save
         a slimline artifact: a one-stage recipe, run, registered and reported as `slimline run`."""
+        from slimline.calib import activation_limit
+        from slimline.calib.buffer import limit_from_env
         from slimline.quant.methods import make_quant_config
         from slimline.recipe.compress import compress, compress_recipe, summary
         from slimline.recipe.schema import DataSplit
@@ -70,23 +82,19 @@ def register(app: typer.Typer) -> None:
             kernel,
             grid,
         )
-        if stream:  # issue 15: streamed one-shot compression (slimline.calib.stream)
-            from slimline.calib.stream import cli_stream
-
-            res = cli_stream(model, output, cfg, calib, calib_samples, seq_len, seed, threads)
-            if json_out:
-                emit_json(res)
-            else:
-                out.print(kv_table("quantize --stream", res))
-            return
         recipe = compress_recipe(
             f"quantize-{method}",
             model,
             [cfg],
             calibration=DataSplit(source=calib, n=calib_samples, seq_len=seq_len),
             seed=seed,
+            stream=True if stream else None,  # issue 15: block by block (slimline.recipe.streamed)
         )
-        run = compress(recipe, output, run_dir=run_dir, register=not no_register, threads=threads)
+        limit = activation_limit_mb if activation_limit_mb is not None else limit_from_env()
+        with activation_limit(limit):
+            run = compress(
+                recipe, output, run_dir=run_dir, register=not no_register, threads=threads
+            )
         d = summary(run)
         rec = d["stages"][0]
         res = {
@@ -101,6 +109,7 @@ def register(app: typer.Typer) -> None:
             "seconds": d["seconds"],
             "run_dir": d["run_dir"],
             "registered": d["registered"],
+            **{k: d[k] for k in STREAM_FIELDS if k in d},
         }
         if json_out:
             emit_json(res)

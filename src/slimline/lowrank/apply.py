@@ -116,7 +116,7 @@ def apply_asvd(model: nn.Module, cfg: Asvd, ctx: Context) -> dict[str, Any]:
             grams[name] += x2.T @ x2
 
         with step.capture(mine, acc):
-            step.forward()
+            step.run()
         for n, m in mine.items():
             r = _rank(cfg, m)
             set_submodule(model, n, factorize(m, r, h=grams[n], damp=cfg.damp))

@@ -242,7 +242,7 @@ def _blockwise(
             return {}
         accs = {n: acc_factory(m) for n, m in mine.items()}
         with step.capture(mine, lambda n, _m, x, _y: accs[n].add(x)):
-            step.forward()
+            step.run()
         for n, m in mine.items():
             layers[n] = prune_layer(n, m, accs[n])
             zeros[n] = int((m.weight == 0).sum())

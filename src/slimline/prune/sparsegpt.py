@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from slimline.calib.hessian import inverse_hessian_factor
 from slimline.errors import ConfigError
 from slimline.prune.masks import check_nm_width, check_sparsity
 
@@ -48,26 +49,6 @@ class HessianAccumulator:
         if not self.n:
             raise ConfigError("no activations reached this layer", "check the calibration data")
         return (2.0 * self.H / self.n).float()
-
-
-def _inverse_hessian_factor(H: torch.Tensor, damp: float) -> torch.Tensor:
-    """Upper Cholesky factor U of H⁻¹ (H⁻¹ = Uᵀ U); dampens more if H is numerically singular."""
-    H = H.float().clone()
-    diag = torch.arange(H.shape[0])
-    mean = H[diag, diag].mean().clamp(min=1e-12)
-    for attempt in range(6):
-        try:
-            Hd = H.clone()
-            Hd[diag, diag] += damp * (10**attempt) * mean
-            L = torch.linalg.cholesky(Hd)
-            Hinv = torch.cholesky_inverse(L)
-            return torch.linalg.cholesky(Hinv, upper=True)
-        except torch.linalg.LinAlgError:
-            continue
-    raise ConfigError(
-        "the layer's Hessian is not positive definite even after heavy dampening",
-        "use more (and more varied) calibration samples",
-    )
 
 
 @torch.no_grad()
@@ -116,7 +97,7 @@ def sparsegpt_prune(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        U = _inverse_hessian_factor(H, damp)
+        U = inverse_hessian_factor(H, damp, dead=dead)
         _sweep_columns(W, U, mask, sparsity, nm, blocksize)
     finally:
         torch.set_num_threads(threads)

@@ -255,19 +255,30 @@ def calibrated_apply(
         if not lins:
             return {}
         stats = {n: make_stats(n, m.in_features) for n, m in lins.items()}
-        memo: list[Any] = [None, None]  # the last input tensor and its prepared statistic
+        # the last input tensor, its prepared statistic, and the layer that prepared it
+        memo: list[Any] = [None, None, None]
+        shares: dict[str, str] = {}  # layer -> the layer whose statistic it shares
 
         def hook(name: str, _m: nn.Module, inp: torch.Tensor, _out: Any) -> None:
             st = stats[name]
             if not hasattr(st, "prepare"):
                 st.add(inp)
                 return
-            if memo[0] is not inp:  # layers fed the very same tensor share one computation
-                memo[0], memo[1] = inp, st.prepare(inp)
+            if memo[0] is inp:  # fed the very same tensor as the layer before (q/k/v, gate/up)
+                if name not in shares and not st.count:  # first batch: share its statistic
+                    shares[name] = memo[2]
+                    stats[name] = st = stats[memo[2]]
+                if shares.get(name) == memo[2]:
+                    return  # already added by the layer it shares with
+                st.add_prepared(memo[1])
+                return
+            if name in shares:
+                raise RuntimeError(f"{name} no longer reads {shares[name]}'s input")
+            memo[0], memo[1], memo[2] = inp, st.prepare(inp), name
             st.add_prepared(memo[1])
 
         with step.capture(lins, hook):
-            step.forward()
+            step.run()
         memo.clear()
         return quantize_block(step, lins, stats, undo, layers)
 

@@ -241,7 +241,7 @@ def layer_sensitivity(
                 count[name] = count.get(name, 0) + x2.shape[0]
 
             with step.capture(lins, fn):
-                step.forward()
+                step.run()
             for name, lin in lins.items():
                 w = lin.weight.detach().float()
                 errors[name] = {}

@@ -219,7 +219,7 @@ def _smooth_block(
         stats[name] = m if name not in stats else torch.maximum(stats[name], m)
 
     with step.capture(readers, fn):
-        step.forward()
+        step.run()
     ratios = []
     for norm_name, names in pairs:
         x_max = stats[names[0]]
@@ -589,7 +589,7 @@ def quantize_w8a8(
         if cfg.act == "static":
             obs = {n: make_observer(cfg.observer, 8, True, "tensor") for n in lins}
             with step.capture(lins, lambda n, _m, x, _o: obs[n].observe(x)):
-                step.forward()
+                step.run()
             scales = {n: obs[n].qparams()[0] for n in lins}
         prefix = step.name + "."
         for name, lin in lins.items():

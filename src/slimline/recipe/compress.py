@@ -28,15 +28,18 @@ def compress_recipe(
     calibration: DataSplit | None = None,
     train: DataSplit | None = None,
     seed: int = 0,
+    stream: bool | None = None,
 ) -> Recipe:
     """A recipe of ``stages`` on ``model``: measured for parameters and size only (no quality
-    or latency suite: the commands never evaluated; ``slimline eval`` does)."""
+    or latency suite: the commands never evaluated; ``slimline eval`` does). ``stream``: the
+    recipe's ``stream:`` (True: block by block, ``slimline.recipe.streamed``)."""
     return Recipe(
         name=name,
         model=str(model),
         data=Data(calibration=calibration or DataSplit(), train=train, seed=seed),
         stages=stages,
         eval=EvalSuite(datasets=[], metrics=[], latency=None),
+        stream=stream,
     )
 
 
@@ -97,4 +100,6 @@ def summary(res: RunResult) -> dict[str, Any]:
         "resumed_stages": res.resumed_from,
         "stages": [s["record"] for s in res.stages],
         "details": last.get("details", {}),
+        # a streamed stage's peak RSS and activation figures (slimline.calib.stream)
+        **(res.stages[-1].get("stream", {}) if res.stages else {}),
     }

@@ -40,9 +40,11 @@ AUTO_SHARE = 0.5
 
 
 def _weights_dir(model: str) -> Path | None:
+    from slimline.models.bundled import BUNDLED, bundled_path
     from slimline.models.lazy import INDEX, SINGLE
 
-    p = Path(model).expanduser()
+    # a bundled name streams from its converted directory (converted once, into the cache)
+    p = bundled_path(model) if model in BUNDLED else Path(model).expanduser()
     return p if p.is_dir() and ((p / INDEX).is_file() or (p / SINGLE).is_file()) else None
 
 
@@ -67,7 +69,8 @@ def check_streamable(recipe: Recipe) -> None:
 
     if _weights_dir(recipe.model) is None:
         raise ConfigError(
-            f"stream: true needs the model to be a directory of safetensors weights; "
+            f"stream: true needs the model to be a directory of safetensors weights (or a "
+            f"bundled name); "
             f"{recipe.model!r} is not",
             "point `model:` at a save_pretrained directory, or drop `stream: true`",
         )
@@ -411,8 +414,9 @@ def run_streamed(
     result = R.RunResult(out, recipe, baseline, done, final, verdicts, resumed_from=resumed)
     art = Path(artifact_dir) if artifact_dir is not None else out / "artifact"
     manifest = R.artifact_manifest(
-        recipe, done, final, baseline, verdicts, _fingerprint(calib), manifest_extra or {}
-    )
+        recipe, done, final, baseline, verdicts, _fingerprint(calib),
+        {"stream": done[-1].get("stream", {}), **(manifest_extra or {})},
+    )  # fmt: skip
     # the checkpoint's weights, re-sealed under the run's manifest: no second compression
     src = open_lazy_artifact(ckpt, home=registry_home)
     ck = read_manifest(ckpt)
