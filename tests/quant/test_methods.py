@@ -229,8 +229,8 @@ def test_awq_folds_into_norms_and_keeps_the_function(smollm2_2blocks) -> None:
 
 
 def test_gptq_shares_one_hessian_product_per_input_tensor(monkeypatch) -> None:
-    """q/k/v read the same tensor (and gate/up): one x^T x each, and the same Hessians as
-    computing it per layer."""
+    """q/k/v read the same tensor (and gate/up): one x^T x and one accumulator each, and the
+    same Hessians as computing it per layer."""
     from slimline.models import tiny_model
     from slimline.quant import gptq as gptq_mod
 
@@ -238,13 +238,13 @@ def test_gptq_shares_one_hessian_product_per_input_tensor(monkeypatch) -> None:
     ids = torch.randint(0, 1000, (12, 64), generator=torch.Generator().manual_seed(0))
     hessians: dict[str, dict[str, torch.Tensor]] = {}
     calls = {"n": 0}
-    prepare = gptq_mod._HessianAccumulator.prepare
+    add = gptq_mod._HessianAccumulator.add
 
     def counting(self, x):
         calls["n"] += 1
-        return prepare(self, x)
+        return add(self, x)
 
-    class PerLayer:  # the plain per-layer accumulation, no sharing (no ``prepare``)
+    class PerLayer:  # the plain per-layer accumulation, no sharing (not ``shareable``)
         def __init__(self, name, n):
             self.acc = gptq_mod._HessianAccumulator(name, n)
 
@@ -260,7 +260,7 @@ def test_gptq_shares_one_hessian_product_per_input_tensor(monkeypatch) -> None:
                 got[n] = (st if hasattr(st, "h") else st.acc).h.clone()
             return {}
 
-        monkeypatch.setattr(gptq_mod._HessianAccumulator, "prepare", counting)
+        monkeypatch.setattr(gptq_mod._HessianAccumulator, "add", counting)
         from slimline.core import Context
         from slimline.quant.config import calibrated_apply
 
@@ -272,3 +272,37 @@ def test_gptq_shares_one_hessian_product_per_input_tensor(monkeypatch) -> None:
     assert hessians["True"].keys() == hessians["False"].keys() and len(hessians["True"]) == 14
     for n, h in hessians["True"].items():
         torch.testing.assert_close(h, hessians["False"][n], rtol=0, atol=0)
+
+
+def test_wide_hessian_in_row_slices_matches_one_gemm(monkeypatch) -> None:
+    """From ``WIDE`` inputs on, x^T x is formed 512 rows at a time (no [in, in] fp32 product
+    beside the fp64 sum): the same Hessian up to fp32 GEMM rounding."""
+    from slimline.quant import gptq as gptq_mod
+
+    xs = [torch.randn(2, 64, 1100, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    one, sliced = (gptq_mod._HessianAccumulator("l", 1100) for _ in range(2))
+    for x in xs:
+        one.add(x)
+    monkeypatch.setattr(gptq_mod._HessianAccumulator, "WIDE", 1000)
+    for x in xs:
+        sliced.add(x)
+    assert sliced.count == one.count == 3 * 128
+    torch.testing.assert_close(sliced.h, one.h, rtol=1e-6, atol=1e-6)
+    assert torch.equal(sliced.h, sliced.h.T) or torch.allclose(sliced.h, sliced.h.T, atol=1e-6)
+
+
+def test_layer_and_rtn_error_in_slices_match_the_formula(monkeypatch) -> None:
+    """The output error computed a slice of rows and of H's columns at a time is
+    tr((W - W_hat) H (W - W_hat)^T) / 2, and RTN's error is that of the whole RTN weight."""
+    from slimline.quant import gptq as gptq_mod
+
+    g = torch.Generator().manual_seed(0)
+    w, x = torch.randn(50, 1100, generator=g), torch.randn(300, 1100, generator=g)
+    h = 2 / 300 * x.T @ x
+    scheme = make_scheme(4, 64, True)
+    w_hat = fake_quantize(w, scheme)
+    d = (w - w_hat).double()
+    direct = float(torch.trace(d @ h.double() @ d.T) / 2)
+    monkeypatch.setattr(gptq_mod, "_rows", lambda w: 7)  # 8 row slices, 2 column slices
+    assert gptq_mod.layer_error(w, w_hat, h) == pytest.approx(direct, rel=1e-10)
+    assert gptq_mod.rtn_error(w, scheme, h) == pytest.approx(direct, rel=1e-10)

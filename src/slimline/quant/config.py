@@ -183,12 +183,27 @@ class Undo:
     """Remember how to put the model back; ``rollback()`` on failure, in reverse order."""
 
     def __init__(self, model: nn.Module):
+        from slimline.calib.engine import STREAM_ATTR
+
         self.model = model
         self._steps: list[Callable[[], Any]] = []
+        # a streamed model (slimline.calib.stream) is not rolled back layer by layer: a failed
+        # run discards it whole. So a replaced layer's float weights are freed at once, not
+        # kept until the block is written (an 8192-wide block: 268 MB)
+        self.streamed = getattr(model, STREAM_ATTR, None) is not None
 
     def replace(self, name: str, new: nn.Module) -> None:
         old = self.model.get_submodule(name)
         set_submodule(self.model, name, new)
+        if self.streamed:
+            from slimline.calib.buffer import trim_heap
+
+            for k, t in old._parameters.items():  # the module's own references only (ties stay)
+                if t is not None:
+                    meta = torch.empty_like(t, device="meta")
+                    old._parameters[k] = nn.Parameter(meta, requires_grad=t.requires_grad)
+            trim_heap()
+            return
         self._steps.append(lambda: set_submodule(self.model, name, old))
 
     def save_tensor(self, t: torch.Tensor) -> None:
@@ -255,27 +270,21 @@ def calibrated_apply(
         if not lins:
             return {}
         stats = {n: make_stats(n, m.in_features) for n, m in lins.items()}
-        # the last input tensor, its prepared statistic, and the layer that prepared it
-        memo: list[Any] = [None, None, None]
+        memo: list[Any] = [None, None]  # the last input tensor and the layer that added it
         shares: dict[str, str] = {}  # layer -> the layer whose statistic it shares
 
         def hook(name: str, _m: nn.Module, inp: torch.Tensor, _out: Any) -> None:
             st = stats[name]
-            if not hasattr(st, "prepare"):
-                st.add(inp)
-                return
-            if memo[0] is inp:  # fed the very same tensor as the layer before (q/k/v, gate/up)
-                if name not in shares and not st.count:  # first batch: share its statistic
-                    shares[name] = memo[2]
-                    stats[name] = st = stats[memo[2]]
-                if shares.get(name) == memo[2]:
-                    return  # already added by the layer it shares with
-                st.add_prepared(memo[1])
-                return
+            if memo[0] is inp and getattr(st, "shareable", False):  # q/k/v, gate/up
+                if name not in shares and not st.count:  # first batch: share from now on
+                    shares[name] = memo[1]
+                    stats[name] = stats[memo[1]]
+                if shares.get(name) == memo[1]:
+                    return  # the layer it shares with added this batch already
             if name in shares:
-                raise RuntimeError(f"{name} no longer reads {shares[name]}'s input")
-            memo[0], memo[1], memo[2] = inp, st.prepare(inp), name
-            st.add_prepared(memo[1])
+                raise RuntimeError(f"{name} no longer reads the input of {shares[name]}")
+            st.add(inp)
+            memo[0], memo[1] = inp, name
 
         with step.capture(lins, hook):
             step.run()

@@ -149,45 +149,65 @@ def gptq_quantize(
 
 
 class _HessianAccumulator:
-    """Running ``2/n sum x x^T`` over every token a layer sees."""
+    """Running ``2/n sum x x^T`` over every token a layer sees. Layers fed the very same input
+    tensor (q/k/v, gate/up) share one (``calibrated_apply``): one GEMM and one ``[in, in]``
+    fp64 sum instead of three."""
+
+    shareable: ClassVar[bool] = True
+    WIDE: ClassVar[int] = 4096  # from this width on, x^T x is formed a slice of rows at a time
 
     def __init__(self, name: str, n: int):
         self.name = name
         self.h = torch.zeros(n, n, dtype=torch.float64)
         self.count = 0
 
-    def prepare(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """One batch's ``x^T x`` (fp32) and token count. The driver computes it once per input
-        tensor: q/k/v (and gate/up) read the same input and share one accumulator."""
+    def add(self, x: torch.Tensor) -> None:
         # fp32 GEMM (2x faster than fp64 on AVX2, relative error ~1e-7 for 4096 tokens), summed
         # across batches in fp64: at 128 x 512 calibration tokens this GEMM, not the rounding,
         # dominates GPTQ's wall time
         x = x.detach().reshape(-1, x.shape[-1]).float()
         check_finite_acts(self.name, x)
-        return x.T @ x, x.shape[0]
-
-    def add_prepared(self, prepared: tuple[torch.Tensor, int]) -> None:
-        gram, m = prepared
+        m, n = x.shape
         self.h *= self.count / (self.count + m)
         self.count += m
         scale = 2.0 / self.count
-        # widened to fp64 a row slice at a time: the same numbers as ``h += scale *
-        # gram.double()`` without two more [in, in] fp64 temporaries (537 MB each at 8192 wide)
-        for r in range(0, gram.shape[0], 512):
-            self.h[r : r + 512] += gram[r : r + 512].double() * scale
+        # a wide layer's x^T x in row slices: no [in, in] fp32 product beside the fp64 sum
+        # (268 MB at 8192 wide); narrower ones in one GEMM, as the reference does
+        rows = n if n < self.WIDE else 512
+        for r in range(0, n, rows):
+            self.h[r : r + rows] += (x[:, r : r + rows].T @ x).double() * scale
 
-    def add(self, x: torch.Tensor) -> None:
-        self.add_prepared(self.prepare(x))
+
+def _row_slices(w: torch.Tensor) -> range:
+    """Row starts of ~4M-element slices of ``w`` (the rows per slice: ``_rows(w)``)."""
+    return range(0, w.shape[0], _rows(w))
+
+
+def _rows(w: torch.Tensor) -> int:
+    return max(1, 2**22 // w.shape[1])
 
 
 def layer_error(w: torch.Tensor, w_hat: torch.Tensor, h: torch.Tensor) -> float:
     """Output error ``tr((W - W_hat) H (W - W_hat)^T) / 2``: mean squared output error summed over
-    outputs, the quantity GPTQ minimises (``H = 2/n X^T X``)."""
-    d = w.double() - w_hat.double()
+    outputs, the quantity GPTQ minimises (``H = 2/n X^T X``). In fp64, a slice of rows and of
+    H's columns at a time: no fp64 copy of W or H (an 8192-wide H is 537 MB in fp64)."""
     total = torch.zeros((), dtype=torch.float64)
-    for c in range(0, h.shape[1], 1024):  # H's columns a slice at a time: no fp64 copy of H
-        total += ((d @ h[:, c : c + 1024].double()) * d[:, c : c + 1024]).sum()
+    n = _rows(w)
+    for r in _row_slices(w):
+        d = w[r : r + n].double() - w_hat[r : r + n].double()
+        for c in range(0, h.shape[1], 1024):
+            total += ((d @ h[:, c : c + 1024].double()) * d[:, c : c + 1024]).sum()
     return float(total / 2)
+
+
+def rtn_error(w: torch.Tensor, scheme: QuantScheme, h: torch.Tensor) -> float:
+    """``layer_error`` of round-to-nearest on ``scheme`` (GPTQ's yardstick), a slice of rows at
+    a time: rows round independently, so no whole-weight RTN copy is made."""
+    n = _rows(w)
+    return sum(
+        layer_error(w[r : r + n], grid.fake_quantize(w[r : r + n].float(), scheme), h)
+        for r in _row_slices(w)
+    )
 
 
 @register_technique(Gptq)
@@ -216,15 +236,13 @@ def apply_gptq(model: nn.Module, cfg: Gptq, ctx: Context) -> dict[str, Any]:
             )
             q = QuantLinear.from_codes(codes, scale, zero, scheme, lin.bias)
             w = lin.weight.detach()
-            w_hat = q.dequantized_weight()
-            rtn_hat = grid.fake_quantize(w.float(), scheme)
             layers.append(
                 layer_record(
                     name,
                     lin.in_features,
                     scheme,
-                    error=layer_error(w, w_hat, h),
-                    rtn_error=layer_error(w, rtn_hat, h),
+                    error=layer_error(w, q.dequantized_weight(), h),
+                    rtn_error=rtn_error(w, scheme, h),
                 )
             )
             undo.replace(name, q)

@@ -312,6 +312,11 @@ def qparams(w: torch.Tensor, scheme: QuantScheme) -> tuple[torch.Tensor, torch.T
     return qparams_from_range(lo, hi, scheme)
 
 
+# weights per slice of the clip search: each step holds ~8 weight-sized temporaries, so an
+# 8192 x 2048 layer searched whole peaks ~0.5 GB above its weight; in 4M-element slices, 130 MB
+SEARCH_CHUNK = 4 * 2**20
+
+
 def search_qparams(
     w: torch.Tensor,
     scheme: QuantScheme,
@@ -331,6 +336,11 @@ def search_qparams(
     check_weight(w)
     w = w.float()
     cw = torch.ones(w.shape[1]) if col_weight is None else col_weight.float().clamp(min=0)
+    rows = max(1, SEARCH_CHUNK // w.shape[1])
+    if w.shape[0] > rows:  # rows are independent: a slice at a time bounds the temporaries
+        parts = [search_qparams(w[r : r + rows], scheme, cw, steps=steps, max_shrink=max_shrink)
+                 for r in range(0, w.shape[0], rows)]  # fmt: skip
+        return torch.cat([s for s, _ in parts]), torch.cat([z for _, z in parts])
     lo, hi = _group_reduce(w, scheme)
     best_s, best_z = qparams_from_range(lo, hi, scheme)
     best_err = None
