@@ -79,13 +79,22 @@ def gptq_quantize(
             f"not fit a weight with {w.shape[1]} inputs",
             "collect it from this layer's own finite calibration inputs",
         )
-    w = w.detach().float().clone()
-    h = h.detach().float()  # read only: the permuted copy below is the one the solve owns
+    if scheme.super_block and not (static_groups or actorder):
+        raise ConfigError(
+            f"{scheme.grid} shares one scale across 16 groups, so its grid must be fixed up front",
+            "keep static_groups (the default) or actorder on",
+        )
+    h = h.detach().float()  # read only: the factor below is made from a permuted copy
     out_f, in_f = w.shape
     gs = scheme.group(in_f)
     hdiag = torch.diag(h).clone()
     dead = hdiag == 0
     hdiag[dead] = 1
+    perm = torch.argsort(hdiag, descending=True) if actorder else torch.arange(in_f)
+    # the factor first, before any copy of the weight exists: its [in, in] intermediates are
+    # the largest thing a wide layer's solve holds
+    hinv = inverse_hessian_factor(h, damp, perm=perm, dead=dead)
+    w = w.detach().float().clone()
     w[:, dead] = 0
 
     def group_grid(cols: torch.Tensor, sch: QuantScheme, hd: torch.Tensor) -> tuple[Any, Any]:
@@ -93,11 +102,6 @@ def gptq_quantize(
             return grid.search_qparams(cols, sch, hd)
         return grid.qparams(cols, sch)
 
-    if scheme.super_block and not (static_groups or actorder):
-        raise ConfigError(
-            f"{scheme.grid} shares one scale across 16 groups, so its grid must be fixed up front",
-            "keep static_groups (the default) or actorder on",
-        )
     if static_groups or actorder:  # fixed from the (dead-zeroed) original weight
         scale, zero = group_grid(w, scheme, hdiag)
     else:
@@ -106,11 +110,9 @@ def gptq_quantize(
         zero = torch.zeros(out_f, n_groups)
     gidx = grid.group_index(in_f, scheme)
 
-    perm = torch.argsort(hdiag, descending=True) if actorder else torch.arange(in_f)
     w = w[:, perm]
     hdiag = hdiag[perm]
     gperm = gidx[perm]
-    hinv = inverse_hessian_factor(h, damp, perm=perm, dead=dead)
 
     codes = torch.zeros(out_f, in_f, dtype=torch.uint8)
     for i1 in range(0, in_f, block_size):
