@@ -40,7 +40,9 @@ def inverse_hessian_factor(
     hp = _permuted(h, perm)
     diag = hp.diagonal()
     diag[dead[perm]] = 1
-    mean_diag = max(float(diag.mean()), 1e-12)
+    # the mean of a contiguous copy of the diagonal, not of the strided view: the reduction
+    # then rounds as GPTQ's reference did, and the codes stay bit for bit what they were
+    mean_diag = max(float(torch.diag(hp).mean()), 1e-12)
     added = 0.0
     for attempt in range(6):
         level = damp * (10**attempt) * mean_diag
