@@ -62,6 +62,23 @@ def llama_quantize(src: Path, dst: Path, qtype: str, threads: int) -> None:
         raise RuntimeError(f"llama_model_quantize({qtype}) returned {rc}")
 
 
+def speed_summary(rs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One engine's interleaved ``measure`` rounds: median, min and max decode tok/s and
+    prefill ms over every timing, and the peak memory (also used by engines_onnx.py)."""
+    dec = [x for r in rs for x in r["timings"]["decode_tok_s"]]
+    pre = [x for r in rs for x in r["timings"]["prefill_ms"]]
+    return {
+        "version": rs[0]["env"]["version"],
+        "decode_tok_s": statistics.median(dec),
+        "decode_tok_s_min": min(dec),
+        "decode_tok_s_max": max(dec),
+        "prefill_ms": statistics.median(pre),
+        "prefill_ms_min": min(pre),
+        "prefill_ms_max": max(pre),
+        "peak_mb": max(r["metrics"]["memory/peak_mb"] for r in rs),
+    }
+
+
 def ppl_in_engine(engine: Any, windows: torch.Tensor) -> float:
     from slimline.export.verify import perplexity
 
@@ -226,19 +243,7 @@ def main() -> None:
             )
     speed = {}
     for key, rs in runs.items():
-        dec = [x for r in rs for x in r["timings"]["decode_tok_s"]]
-        pre = [x for r in rs for x in r["timings"]["prefill_ms"]]
-        speed[key] = {
-            "engine": rs[0]["env"]["engine"],
-            "version": rs[0]["env"]["version"],
-            "decode_tok_s": statistics.median(dec),
-            "decode_tok_s_min": min(dec),
-            "decode_tok_s_max": max(dec),
-            "prefill_ms": statistics.median(pre),
-            "prefill_ms_min": min(pre),
-            "prefill_ms_max": max(pre),
-            "peak_mb": max(r["metrics"]["memory/peak_mb"] for r in rs),
-        }
+        speed[key] = {"engine": rs[0]["env"]["engine"], **speed_summary(rs)}
     RESULTS["speed"] = speed
     for eng in engines.values():
         eng.close()

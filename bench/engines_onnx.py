@@ -32,7 +32,12 @@ os.environ.setdefault("SLIMLINE_QUIET", "1")
 
 import torch
 
-from engines import RESULTS, dump, ppl_in_engine  # bench/engines.py: same results file, same ppl
+from engines import (  # bench/engines.py: same results file, same ppl, same summary
+    RESULTS,
+    dump,
+    ppl_in_engine,
+    speed_summary,
+)
 
 
 def decoders(args: argparse.Namespace, out: Path) -> None:
@@ -117,19 +122,7 @@ def decoders(args: argparse.Namespace, out: Path) -> None:
                         warmup=int(r == 0),
                     )
                 )
-        for key, rs in runs.items():
-            dec = [x for r in rs for x in r["timings"]["decode_tok_s"]]
-            pre = [x for r in rs for x in r["timings"]["prefill_ms"]]
-            speed[key] = {
-                "version": rs[0]["env"]["version"],
-                "decode_tok_s": statistics.median(dec),
-                "decode_tok_s_min": min(dec),
-                "decode_tok_s_max": max(dec),
-                "prefill_ms": statistics.median(pre),
-                "prefill_ms_min": min(pre),
-                "prefill_ms_max": max(pre),
-                "peak_mb": max(r["metrics"]["memory/peak_mb"] for r in rs),
-            }
+        speed = {key: speed_summary(rs) for key, rs in runs.items()}
         RESULTS["speed"] = speed
         RESULTS["settings"]["load_after_timing"] = os.getloadavg()[0]
     for eng in engines.values():

@@ -185,12 +185,8 @@ class _HessianAccumulator:
             self.h[r : r + 512] += (x[:, r : r + 512].T @ x) * scale
 
 
-def _row_slices(w: torch.Tensor) -> range:
-    """Row starts of ~4M-element slices of ``w`` (the rows per slice: ``_rows(w)``)."""
-    return range(0, w.shape[0], _rows(w))
-
-
 def _rows(w: torch.Tensor) -> int:
+    """Rows of ``w`` per ~4M-element slice."""
     return max(1, 2**22 // w.shape[1])
 
 
@@ -200,7 +196,7 @@ def layer_error(w: torch.Tensor, w_hat: torch.Tensor, h: torch.Tensor) -> float:
     H's columns at a time: no fp64 copy of W or H (an 8192-wide H is 537 MB in fp64)."""
     total = torch.zeros((), dtype=torch.float64)
     n = _rows(w)
-    for r in _row_slices(w):
+    for r in range(0, w.shape[0], n):
         d = w[r : r + n].double() - w_hat[r : r + n].double()
         for c in range(0, h.shape[1], 1024):
             total += ((d @ h[:, c : c + 1024].double()) * d[:, c : c + 1024]).sum()
@@ -213,7 +209,7 @@ def rtn_error(w: torch.Tensor, scheme: QuantScheme, h: torch.Tensor) -> float:
     n = _rows(w)
     return sum(
         layer_error(w[r : r + n], grid.fake_quantize(w[r : r + n].float(), scheme), h)
-        for r in _row_slices(w)
+        for r in range(0, w.shape[0], n)
     )
 
 
