@@ -30,7 +30,8 @@ def test_two_processes_follow_the_one_process_curve(tmp_path):
     from slimline.models import tiny_model
 
     accelerate = Path(sys.executable).with_name("accelerate")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "SLIMLINE_QUIET": "1"}
+    # TMPDIR: torch elastic leaves a directory per launch in the temp dir
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SLIMLINE_QUIET": "1", "TMPDIR": str(tmp_path)}
     # fmt: off
     cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no",
@@ -88,6 +89,7 @@ def test_cli_distill_two_processes_one_writer_and_resume(tmp_path):
     lm.tokenizer.save_pretrained(str(src))
     home, out, run_dir = tmp_path / "home", tmp_path / "out", tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "SLIMLINE_QUIET": "1", "SLIMLINE_HOME": str(home)}
+    env["TMPDIR"] = str(tmp_path)
     # fmt: off
     args = ["distill", "--teacher", str(src), "--student-from", f"{src}:keep=1,importance=even",
             "-o", str(out), "--run-dir", str(run_dir), "--seq-len", "32", "--batch-size", "2",
