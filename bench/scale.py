@@ -16,7 +16,8 @@ RSS of the whole process, as BENCH.md asks):
   "perplexity unchanged" is checked, not assumed.
 - ``synth-gptq`` / ``synth-rtn``: a synthetic llama of ~1.6 B parameters (hidden 2048, 24 blocks,
   MLP 8192, SmolLM2's vocabulary, random weights) written as fp32 safetensors shards (~6.5 GB),
-  quantized with ``--stream`` (GPTQ on 8 x 512 windows; RTN): peak RSS against size on disk.
+  quantized with ``--stream`` (GPTQ on 8 x 512 windows, 2 per forward: ``--calib-batch 2``;
+  RTN): peak RSS against size on disk.
 - ``distill-1`` / ``distill-2``: the 20-block SmolLM2 student (cut from the teacher) distilled
   for a few steps at the same global batch on 1 and on 2 processes (``accelerate launch
   --multi_gpu``; gloo on this CPU): tokens/s and the loss curves side by side.
@@ -192,6 +193,8 @@ def row_synth(args: argparse.Namespace, work: Path, method: str) -> dict[str, An
     cmd = [str(BIN / "slimline"), "quantize", str(d), "--stream", "--method", method, "--bits",
            "4", "--group-size", "32" if args.smoke else "64", "--calib-samples", "8",
            "--seq-len", "64" if args.smoke else "512", "-o", str(out), "--json"]  # fmt: skip
+    if method == "gptq":  # 2 windows per forward: the MLP's [tokens, 8192] temporaries at 1/4
+        cmd += ["--calib-batch", str(args.calib_batch)]
     r = timed(cmd)
     r["model_bytes_on_disk"] = dir_bytes(d)
     r["rss_over_disk"] = round(r["peak_rss_mb"] * 2**20 / r["model_bytes_on_disk"], 3)
@@ -255,6 +258,8 @@ def main() -> None:
     ap.add_argument("--work", help="work dir (default: a temp dir, removed at the end)")
     ap.add_argument("--activation-limit-mb", type=float, default=64.0,
                     help="gptq-stream: calibration activations kept in memory (MB)")  # fmt: skip
+    ap.add_argument("--calib-batch", type=int, default=2,
+                    help="synth-gptq: calibration windows per forward")  # fmt: skip
     args = ap.parse_args()
     rows = [r for r in args.rows.split(",") if r]
     bad = [r for r in rows if r not in ROWS]

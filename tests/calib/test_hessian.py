@@ -44,6 +44,17 @@ def test_factor_equals_the_textbook_chain(actorder):
     assert torch.equal(h, _hessian(600, 2000, dead=[3, 599]))  # the caller's H is only read
 
 
+def test_factor_reads_the_triangle_the_textbook_chain_reads():
+    # a summed H is symmetric only up to rounding: the in-place factor, which works on a
+    # column-major copy, must still read the lower triangle of H[perm][:, perm] as LAPACK did
+    h = _hessian(600, 2000, dead=[])
+    h = h + torch.triu(torch.full_like(h, 1e-3), diagonal=1)  # upper triangle off by 1e-3
+    perm = torch.argsort(torch.diag(h), descending=True)
+    ours = inverse_hessian_factor(h, 0.01, perm=perm)
+    assert ours.is_contiguous()
+    assert torch.equal(ours, _textbook(h, 0.01, perm))
+
+
 def test_indefinite_hessian_is_dampened_until_it_factors():
     # half the mean diagonal taken off every eigenvalue: indefinite until the dampening reaches
     # the mean diagonal (the third level, 100x the first), in the textbook chain and in ours

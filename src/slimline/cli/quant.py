@@ -31,6 +31,13 @@ def register(app: typer.Typer) -> None:
         calib: str = typer.Option("python-docs", "--calib", help="calibration text source"),
         calib_samples: int = typer.Option(128, "--calib-samples"),
         seq_len: int = typer.Option(512, "--seq-len"),
+        calib_batch: int = typer.Option(
+            None,
+            "--calib-batch",
+            min=1,
+            help="calibration windows per forward (default: the method's; fewer = smaller "
+            "forward temporaries on a wide model, same data, sums in another order)",
+        ),
         seed: int = typer.Option(0, "--seed"),
         smooth_alpha: float = typer.Option(
             0.5, "--smooth-alpha", help="w8a8: SmoothQuant migration strength (negative = off)"
@@ -81,6 +88,7 @@ def register(app: typer.Typer) -> None:
             avg_bits,
             kernel,
             grid,
+            calib_batch,
         )
         recipe = compress_recipe(
             f"quantize-{method}",

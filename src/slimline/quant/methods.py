@@ -32,11 +32,38 @@ def make_quant_config(
     avg_bits: float = 4.0,
     kernel: str = "sim",
     grid: str | None = None,
+    calib_batch: int | None = None,
 ) -> TechniqueConfig:
     """The config for ``method`` (rtn | gptq | awq | w8a8 | mixed); ``group_size`` 0 or None = per
     channel. ``smooth_alpha``/``act``/``kernel`` are W8A8's, ``avg_bits`` is mixed precision's
     budget. ``grid`` (``gguf-q4_0`` ...) solves on an engine's block grid, which fixes bits,
-    group and symmetry (rtn, gptq, awq)."""
+    group and symmetry (rtn, gptq, awq). ``calib_batch``: calibration windows per forward
+    (default: the method's own), the knob for a wide model's forward temporaries."""
+    cfg = _make(method, bits, group_size, symmetric, targets, ignore, smooth_alpha, act,
+                avg_bits, kernel, grid)  # fmt: skip
+    if calib_batch is None:
+        return cfg
+    if "batch_size" not in type(cfg).model_fields:
+        raise ConfigError(
+            f"--calib-batch applies to methods that run calibration data, not {method}",
+            "drop --calib-batch (round-to-nearest reads no data)",
+        )
+    return type(cfg).model_validate({**cfg.model_dump(), "batch_size": calib_batch})
+
+
+def _make(
+    method: str,
+    bits: int,
+    group_size: int | None,
+    symmetric: bool,
+    targets: list[str] | None,
+    ignore: list[str] | None,
+    smooth_alpha: float | None,
+    act: str,
+    avg_bits: float,
+    kernel: str,
+    grid: str | None,
+) -> TechniqueConfig:
     if grid is not None and method not in METHODS:
         raise ConfigError(
             f"--grid applies to {', '.join(METHODS)}, not {method}",
