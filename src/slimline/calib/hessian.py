@@ -85,7 +85,8 @@ def inverse_hessian_factor(
             if int(info) == 0:
                 return _transpose_(a)
             adds = [added]  # the inverse was not positive definite: damp more from H + added
-        a = fresh(adds)
+        if attempt < 5:
+            a = fresh(adds)
     raise DataError(
         "the calibration Hessian stays singular even after 100000x dampening",
         "use more (and more varied) calibration samples",
